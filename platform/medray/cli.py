@@ -1,0 +1,237 @@
+"""The ``medray`` command.
+
+    medray data ingest KIND SRC --out URI      real public layouts -> Parquet manifest
+    medray data synth KIND --n N --out URI     generated controlled sets (skin, rop, oct, fundus_age)
+    medray data validate MANIFEST              every file exists and decodes, every label in range
+    medray data summary MANIFEST               counts per split / class
+    medray data pack MANIFEST --out URI        images + labels into large Parquet shards
+    medray train JOB.yaml [key.path=value ...] run a training job on Ray (local or cluster)
+    medray catalog list|show                   browse published models
+    medray predict MODEL IMAGE...              run a catalogued model on images
+    medray evaluate MODEL MANIFEST --out DIR   metrics JSON, PNG plots, HTML report
+    medray quickstart                          the README's main job on the sample data
+
+Errors meant for a person (bad YAML, missing file, undecodable image) print one line to stderr and
+exit with status 2; an unexpected crash keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Callable
+
+from medray.errors import MedrayError
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+def cmd_data_ingest(a: argparse.Namespace) -> int:
+    from medray.data.sources import ingest
+
+    res = ingest(a.kind, a.src, a.out, task=a.task, seed=a.seed, copy_images=a.copy_images)
+    _print_json(res)
+    return 0
+
+
+def cmd_data_synth(a: argparse.Namespace) -> int:
+    from medray.data.synth import synth
+
+    res = synth(a.kind, a.n, a.out, seed=a.seed, size=a.size)
+    _print_json(res)
+    return 0
+
+
+def cmd_data_validate(a: argparse.Namespace) -> int:
+    from medray.data.validate import format_report, validate_manifest
+
+    report = validate_manifest(a.manifest, workers=a.workers, limit=a.limit)
+    print(format_report(report))
+    return 1 if report.bad else 0
+
+
+def cmd_data_summary(a: argparse.Namespace) -> int:
+    from medray.data import manifest
+
+    _print_json(manifest.summarize(a.manifest))
+    return 0
+
+
+def cmd_data_pack(a: argparse.Namespace) -> int:
+    from medray.data.pack import pack_manifest
+
+    _print_json(pack_manifest(a.manifest, a.out, target_mb=a.shard_mb, image_size=a.image_size))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# train / catalog / predict / evaluate / quickstart
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from medray.config import load_job
+    from medray.training.launcher import run_job
+
+    job = load_job(a.job, a.overrides)
+    result = run_job(job, source=a.job, force=a.force)
+    _print_json(result)
+    return 0
+
+
+def cmd_catalog(a: argparse.Namespace) -> int:
+    from medray.catalog import store
+
+    cat = store.Catalog(a.catalog)
+    if a.action == "list":
+        rows = cat.list(task=a.task, modality=a.modality)
+        if not rows:
+            print(f"(catalogue {cat.uri} is empty)")
+        for card in rows:
+            aliases = f" [{', '.join(card.aliases)}]" if card.aliases else ""
+            metric = ", ".join(f"{k}={v:.3f}" for k, v in list(card.metrics.items())[:3]
+                               if isinstance(v, (int, float)))
+            print(f"{card.name}:{card.version}{aliases}\t{card.task}\t{card.modality}\t{metric}")
+    else:
+        if not a.model:
+            raise MedrayError("catalog show needs a MODEL (name, name:version or name@alias)")
+        _print_json(cat.get(a.model).model_dump(mode="json"))
+    return 0
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from medray.catalog import store
+    from medray.inference.predictor import load_predictor
+
+    card = store.Catalog(a.catalog).get(a.model)
+    pred = load_predictor(card)
+    from medray.data.imageio import read_image
+
+    for img in a.images:
+        out = pred.predict([read_image(img)])[0]
+        _print_json({"image": img, **out})
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from medray.evaluation.evaluate import evaluate_model
+
+    _print_json(evaluate_model(a.model, a.manifest, a.out, catalog=a.catalog, split=a.split))
+    return 0
+
+
+def cmd_quickstart(a: argparse.Namespace) -> int:
+    from medray.quickstart import run_quickstart
+
+    run_quickstart(a.data, a.out, a.shared_data_dir if hasattr(a, "shared_data_dir") else None)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medray", description="Train and serve medical-image models on Ray.")
+    p.add_argument("--version", action="version", version=f"medray {__import__('medray').__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("data", help="manifests: ingest, synth, validate, summary, pack")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    x = dsub.add_parser("ingest", help="real public data layouts -> Parquet manifest")
+    x.add_argument("kind", help="duke_dme | spectralis_layers | odir | heimed | dicom | folder | csv")
+    x.add_argument("src", help="source folder (or CSV file for 'csv')")
+    x.add_argument("--out", required=True, help="manifest URI (local path or s3://.../x.parquet)")
+    x.add_argument("--task", default=None, help="manifest task (default: the kind's natural task)")
+    x.add_argument("--seed", type=int, default=0, help="seed of the patient-level split")
+    x.add_argument("--copy-images", action="store_true",
+                   help="copy images next to the manifest (e.g. into S3) and point rows there")
+    x.set_defaults(fn=cmd_data_ingest)
+
+    x = dsub.add_parser("synth", help="generate a controlled data set (real image files + manifest)")
+    x.add_argument("kind", help="skin | rop | oct | fundus_age")
+    x.add_argument("--n", type=int, required=True, help="number of images")
+    x.add_argument("--out", required=True, help="manifest URI; images go beside it")
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--size", type=int, default=None, help="image size (pixels) where applicable")
+    x.set_defaults(fn=cmd_data_synth)
+
+    x = dsub.add_parser("validate", help="check files exist and decode, labels in range")
+    x.add_argument("manifest")
+    x.add_argument("--workers", type=int, default=8, help="parallel readers")
+    x.add_argument("--limit", type=int, default=None, help="check only the first N rows")
+    x.set_defaults(fn=cmd_data_validate)
+
+    x = dsub.add_parser("summary", help="rows per split and class")
+    x.add_argument("manifest")
+    x.set_defaults(fn=cmd_data_summary)
+
+    x = dsub.add_parser("pack", help="write images + labels into large Parquet shards")
+    x.add_argument("manifest")
+    x.add_argument("--out", required=True, help="output folder URI for the shards")
+    x.add_argument("--shard-mb", type=int, default=192, help="target shard size (MB)")
+    x.add_argument("--image-size", type=int, default=None, help="re-encode images at this size first")
+    x.set_defaults(fn=cmd_data_pack)
+
+    x = sub.add_parser("train", help="run a training job (YAML) on Ray")
+    x.add_argument("job", help="job spec, e.g. jobs/fundus_disease.yaml")
+    x.add_argument("overrides", nargs="*", help="key.path=value overrides")
+    x.add_argument("--force", action="store_true", help="re-run finished stages")
+    x.set_defaults(fn=cmd_train)
+
+    cat_default = os.environ.get("MEDRAY_CATALOG", "runs/catalog")
+    x = sub.add_parser("catalog", help="browse the model catalogue")
+    x.add_argument("action", choices=["list", "show"])
+    x.add_argument("model", nargs="?")
+    x.add_argument("--catalog", default=cat_default, help="catalogue URI (env MEDRAY_CATALOG)")
+    x.add_argument("--task", default=None)
+    x.add_argument("--modality", default=None)
+    x.set_defaults(fn=cmd_catalog)
+
+    x = sub.add_parser("predict", help="run a catalogued model on image files")
+    x.add_argument("model", help="name, name:version or name@alias")
+    x.add_argument("images", nargs="+")
+    x.add_argument("--catalog", default=cat_default)
+    x.set_defaults(fn=cmd_predict)
+
+    x = sub.add_parser("evaluate", help="evaluate a catalogued model on a manifest")
+    x.add_argument("model")
+    x.add_argument("manifest")
+    x.add_argument("--out", required=True)
+    x.add_argument("--split", default="test", help="rows of this split (or 'all')")
+    x.add_argument("--catalog", default=cat_default)
+    x.set_defaults(fn=cmd_evaluate)
+
+    x = sub.add_parser("quickstart", help="the main job on the sample data (see README)")
+    x.add_argument("--data", default=os.environ.get("MEDRAY_SHARED_DATA", "../shared/data"),
+                   help="folder of the public samples")
+    x.add_argument("--out", default="runs/quickstart", help="where manifests, runs, catalogue go")
+    x.set_defaults(fn=cmd_quickstart)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    fn: Callable[[argparse.Namespace], int] = a.fn
+    try:
+        return fn(a)
+    except MedrayError as e:
+        print(f"medray: error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"medray: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medray: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
