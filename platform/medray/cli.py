@@ -110,13 +110,14 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from medray.catalog import store
     from medray.inference.predictor import load_predictor
 
-    card = store.Catalog(a.catalog).get(a.model)
-    pred = load_predictor(card)
     from medray.data.imageio import read_image
 
+    cat = store.Catalog(a.catalog)
+    card = cat.get(a.model)
+    pred = load_predictor(card, cat)
     for img in a.images:
-        out = pred.predict([read_image(img)])[0]
-        _print_json({"image": img, **out})
+        out = pred.predict([read_image(img, mode=pred.mode, target=pred.image_size)])[0]
+        _print_json({"image": img, "model": f"{card.name}:{card.version}", **out})
     return 0
 
 

@@ -19,6 +19,9 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+import re
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -132,27 +135,44 @@ METHOD_MODULES: dict[str, str] = {
 }
 
 
+def _method_name(cls: type) -> str:
+    field = cls.model_fields.get("method") if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+    ann = field.annotation if field else None
+    args = typing.get_args(ann) if typing.get_origin(ann) is Literal else ()
+    if len(args) != 1 or not isinstance(args[0], str):
+        raise TypeError(f"{getattr(cls, '__name__', cls)}.method must be Literal['<name>'] (one string)")
+    return args[0]
+
+
 def register_job(cls: type[JobBase]) -> type[JobBase]:
-    """Class decorator: add a method's Config to the ``method``-keyed union."""
-    field = cls.model_fields.get("method")
-    args = getattr(field.annotation, "__args__", ()) if field else ()
-    if len(args) != 1:
-        raise TypeError(f"{cls.__name__}.method must be Literal['<name>']")
-    _JOBS[args[0]] = cls
+    """Class decorator: add a method's Config to the ``method``-keyed union.
+
+    Re-registering the same class (a module reloaded) replaces it; a *different* class claiming a
+    method name that is taken is an error (two methods would silently shadow each other)."""
+    if not (isinstance(cls, type) and issubclass(cls, JobBase)):
+        raise TypeError(f"register_job: {cls!r} is not a JobBase subclass")
+    name = _method_name(cls)
+    prev = _JOBS.get(name)
+    if prev is not None and prev is not cls and (prev.__module__, prev.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise TypeError(f"method {name!r} is already registered by {prev.__module__}.{prev.__qualname__}")
+    _JOBS[name] = cls
     return cls
 
 
 def job_classes() -> dict[str, type[JobBase]]:
+    """Every registered job class, by method name (importing the known method modules first)."""
     for mod in METHOD_MODULES.values():
         try:
             importlib.import_module(mod)
-        except ModuleNotFoundError as e:  # a method not built yet
-            if e.name != mod:
+        except ModuleNotFoundError as e:  # a method not built yet (the module or its package)
+            if e.name is None or not (mod == e.name or mod.startswith(e.name + ".")):
                 raise
     return dict(_JOBS)
 
 
 def job_adapter() -> TypeAdapter:
+    """A TypeAdapter over the job union: the class itself when only one method is registered (a
+    one-member discriminated union is not allowed), else a union discriminated by ``method``."""
     classes = tuple(job_classes().values())
     if not classes:
         raise ConfigError("no training methods are registered")
@@ -165,8 +185,66 @@ def job_adapter() -> TypeAdapter:
 # YAML, overrides, errors
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys (YAML silently keeps the last one) and reads
+    ``3e-4``/``1e5`` as floats like YAML 1.2 (PyYAML's 1.1 rules need a dot: ``3.0e-4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    # duplicates among the keys written in this mapping; keys brought in by a merge (`<<: *base`)
+    # may be overridden, as YAML intends
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            continue  # let the base constructor report unhashable keys
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark,
+                f"duplicate key {key!r} (first at line {seen[key].line + 1})", key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def parse_yaml(text: str, source: str = "<yaml>") -> Any:
+    """Parse YAML text with medray's rules (duplicate keys rejected, ``1e-3`` is a float); errors
+    are ConfigErrors naming ``source:line:col``."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        context = getattr(e, "context", None)
+        if context and getattr(e, "problem", None) and "duplicate key" not in problem:
+            problem = f"{problem} ({context})"
+        raise ConfigError(f"{source}{where}: invalid YAML: {problem}") from None
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML mapping; syntax errors name the file, line and column."""
+    """Read a YAML mapping (any storage URI); syntax errors name the file, line and column."""
     from medray import storage
 
     path = str(path)
@@ -174,13 +252,13 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
         text = storage.read_text(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a YAML file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from None
+    data = parse_yaml(text, path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -189,19 +267,23 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Return a copy of ``data`` with ``key.path=value`` overrides applied (values parsed as YAML)."""
+    """Return a copy of ``data`` with ``key.path=value`` overrides applied (values parsed as YAML:
+    ``3e-4`` is a float, ``false`` a bool, ``[a,b]`` a list; text YAML cannot parse stays text).
+    Missing sections are created; descending into a value that is not a section is an error."""
     import copy
 
+    if isinstance(overrides, str):
+        overrides = [overrides]
     out = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key.path=value")
         key, raw = item.split("=", 1)
-        parts = [p for p in key.strip().split(".")]
+        parts = [p.strip() for p in key.strip().split(".")]
         if not all(parts):
             raise ConfigError(f"override {item!r}: empty key in {key!r}")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = yaml.load(raw, Loader=_Loader) if raw.strip() != "" else ""  # noqa: S506
         except yaml.YAMLError:
             value = raw
         node = out
@@ -211,47 +293,101 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
                 nxt = node[p] = {}
             if not isinstance(nxt, dict):
                 raise ConfigError(
-                    f"override {item!r}: {'.'.join(parts[: i + 1])} is a {type(nxt).__name__}, not a section"
+                    f"override {item!r}: {'.'.join(parts[: i + 1])} is a {type(nxt).__name__} "
+                    f"({nxt!r}), not a section"
                 )
             node = nxt
         node[parts[-1]] = value
     return out
 
 
+def _unwrap_model(ann: Any, part: Any) -> Any:
+    """The model type reached by stepping into ``part`` of an annotation (Optional/Union members,
+    list/tuple items for an int index, dict values for a key)."""
+    origin = typing.get_origin(ann)
+    args = typing.get_args(ann)
+    if isinstance(part, int) and origin in (list, tuple, set, frozenset) and args:
+        return args[0]
+    if origin is dict and len(args) == 2:
+        return args[1]
+    return None
+
+
+def _as_model(ann: Any) -> Any:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    if typing.get_origin(ann) in (Union, types.UnionType):  # Optional[Model], Model | None...
+        for a in typing.get_args(ann):
+            if isinstance(a, type) and issubclass(a, BaseModel):
+                return a
+    return ann
+
+
 def _fields_at(model: Any, loc: tuple) -> list[str]:
     """Names of the fields a model accepts at ``loc`` (for 'did you mean')."""
-    cur = model
+    cur: Any = model
     for part in loc:
-        if not (isinstance(cur, type) and issubclass(cur, BaseModel)):
-            return []
-        f = cur.model_fields.get(part) if isinstance(part, str) else None
-        if f is None:
-            return []
-        cur = f.annotation
-        for a in getattr(cur, "__args__", ()) or ():  # Optional[Model] etc.
-            if isinstance(a, type) and issubclass(a, BaseModel):
-                cur = a
+        cur = _as_model(cur)
+        if isinstance(cur, type) and issubclass(cur, BaseModel):
+            f = cur.model_fields.get(part) if isinstance(part, str) else None
+            if f is None:
+                return []
+            cur = f.annotation
+            continue
+        # a container: list[Model] with an index, dict[str, Model] with a key, Optional[list[...]]
+        inner = None
+        for cand in (cur, *(getattr(cur, "__args__", ()) or ())):
+            inner = _unwrap_model(cand, part)
+            if inner is not None:
                 break
+        if inner is None:
+            return []
+        cur = inner
+    cur = _as_model(cur)
     if isinstance(cur, type) and issubclass(cur, BaseModel):
         return list(cur.model_fields)
     return []
 
 
+def _dotted(loc: tuple) -> str:
+    out = ""
+    for p in loc:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out += ("." if out else "") + str(p)
+    return out or "(top level)"
+
+
+def _short(v: Any, n: int = 80) -> str:
+    r = repr(v)
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
+def _method_hint(tag: Any) -> str:
+    known = sorted(_JOBS)
+    msg = f"unknown method {tag!r}; known: {', '.join(known) or '(none)'}"
+    close = difflib.get_close_matches(str(tag), known, n=1) if tag is not None else []
+    if close:
+        msg += f"; did you mean {close[0]!r}?"
+    return msg
+
+
 def format_validation_error(err: ValidationError, source: str, root: Any = None) -> str:
+    """One line per problem: ``source: dotted.field: message`` (with "did you mean" for unknown keys).
+    ``root`` is the validated model; None means the ``method``-discriminated job union."""
     lines = []
     for e in err.errors():
         loc = tuple(e.get("loc", ()))
         model = root
-        if root is None or (loc and isinstance(loc[0], str) and loc[0] in _JOBS and len(_JOBS) > 1):
+        if root is None and loc and isinstance(loc[0], str) and loc[0] in _JOBS:
             # discriminated union: the first element of loc is the tag
-            if loc and isinstance(loc[0], str) and loc[0] in _JOBS:
-                model = _JOBS[loc[0]]
-                loc = loc[1:]
-        dotted = ".".join(str(p) for p in loc) or "(top level)"
+            model = _JOBS[loc[0]]
+            loc = loc[1:]
         typ = e.get("type", "")
         if typ == "extra_forbidden":
             msg = "unknown field"
-            if model is not None:
+            if model is not None and loc:
                 known = _fields_at(model, loc[:-1])
                 close = difflib.get_close_matches(str(loc[-1]), known, n=1)
                 if close:
@@ -259,15 +395,18 @@ def format_validation_error(err: ValidationError, source: str, root: Any = None)
                 elif known:
                     msg += f" (allowed: {', '.join(sorted(known))})"
         elif typ == "union_tag_invalid":
-            ctx = e.get("ctx", {})
-            msg = f"unknown method {ctx.get('tag')!r}; known: {ctx.get('expected_tags')}"
+            msg = _method_hint(e.get("ctx", {}).get("tag"))
+            loc = ("method",)
         elif typ == "union_tag_not_found":
-            msg = f"missing 'method' (one of: {', '.join(sorted(_JOBS))})"
+            msg = f"missing (one of: {', '.join(sorted(_JOBS))})"
+            loc = ("method",)
         else:
             msg = e.get("msg", "invalid")
-            if "input" in e and typ not in ("missing",) and not isinstance(e["input"], dict):
-                msg += f" (got {e['input']!r})"
-        lines.append(f"{source}: {dotted}: {msg}")
+            if typ == "value_error" and msg.startswith("Value error, "):
+                msg = msg[len("Value error, "):]
+            if "input" in e and typ != "missing" and not isinstance(e["input"], dict):
+                msg += f" (got {_short(e['input'])})"
+        lines.append(f"{source}: {_dotted(loc)}: {msg}")
     return "\n".join(lines)
 
 
@@ -281,13 +420,14 @@ def validate(model: type[BaseModel], data: dict[str, Any], source: str = "<confi
 
 def parse_job(data: dict[str, Any], source: str = "<config>") -> JobBase:
     """Validate a job mapping through the ``method``-keyed union."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping, got {type(data).__name__}")
     adapter = job_adapter()
-    if len(_JOBS) == 1:
-        only = next(iter(_JOBS))
-        if data.get("method") != only:
-            raise ConfigError(
-                f"{source}: method: unknown method {data.get('method')!r}; known: {sorted(_JOBS)}"
-            )
+    method = data.get("method")
+    if "method" not in data or method is None:
+        raise ConfigError(f"{source}: method: missing (one of: {', '.join(sorted(_JOBS))})")
+    if not isinstance(method, str) or method not in _JOBS:
+        raise ConfigError(f"{source}: method: {_method_hint(method)}")
     try:
         return adapter.validate_python(data)
     except ValidationError as e:
@@ -295,18 +435,20 @@ def parse_job(data: dict[str, Any], source: str = "<config>") -> JobBase:
         raise ConfigError(format_validation_error(e, source, root=root)) from None
 
 
+def _source(path: str | os.PathLike, overrides: list[str] | tuple[str, ...]) -> str:
+    return str(path) + (f" (with overrides {' '.join(overrides)})" if overrides else "")
+
+
 def load_job(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> JobBase:
     """``medray train FILE.yaml k=v ...``: load, override, validate."""
     data = apply_overrides(load_yaml(path), overrides)
-    src = str(path) + (f" (with overrides {' '.join(overrides)})" if overrides else "")
-    job = parse_job(data, source=src)
-    return job
+    return parse_job(data, source=_source(path, overrides))
 
 
 def load_spec(model: type[BaseModel], path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()):
     """Load any YAML spec (tune study, serve preset...) into ``model``."""
     data = apply_overrides(load_yaml(path), overrides)
-    return validate(model, data, source=str(path))
+    return validate(model, data, source=_source(path, overrides))
 
 
 def resolve_relative(base_file: str | os.PathLike, uri: str) -> str:

@@ -25,23 +25,31 @@ class ImageDecodeError(MedrayError):
 
 
 class MissingFileError(ImageDecodeError):
-    pass
+    """The file does not exist."""
+
+
+class UnreadableFileError(ImageDecodeError):
+    """The file exists but cannot be read (permission, I/O or network error, a folder)."""
 
 
 class EmptyFileError(ImageDecodeError):
-    pass
+    """The file has 0 bytes."""
 
 
-class TruncatedImageError(ImageDecodeError):
-    pass
+class CorruptImageError(ImageDecodeError):
+    """The file is recognised but its data cannot be decoded (corrupt stream, bad chunk...)."""
+
+
+class TruncatedImageError(CorruptImageError):
+    """The file ends before the image data does (a cut/partial download)."""
 
 
 class UnsupportedImageError(ImageDecodeError):
-    pass
+    """Not an image this platform decodes (unknown format, DICOM without pixels, missing codec)."""
 
 
 class DecompressionBombError(ImageDecodeError):
-    pass
+    """The header claims more pixels than the limit; refused before decoding."""
 
 
 class ManifestError(MedrayError):

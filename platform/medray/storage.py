@@ -82,15 +82,17 @@ def configure(s3: Any = None) -> None:
     d = s3.model_dump() if hasattr(s3, "model_dump") else dict(s3)
     _S3_OPTIONS.update({k: v for k, v in d.items() if v not in (None, False)})
     env_names = {
-        "endpoint_url": "AWS_ENDPOINT_URL_S3",
-        "region": "AWS_DEFAULT_REGION",
-        "access_key_id": "AWS_ACCESS_KEY_ID",
-        "secret_access_key": "AWS_SECRET_ACCESS_KEY",
-        "session_token": "AWS_SESSION_TOKEN",
+        "endpoint_url": ("AWS_ENDPOINT_URL_S3",),
+        # both: AWS_REGION wins over AWS_DEFAULT_REGION in s3_options and the SDKs
+        "region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
+        "access_key_id": ("AWS_ACCESS_KEY_ID",),
+        "secret_access_key": ("AWS_SECRET_ACCESS_KEY",),
+        "session_token": ("AWS_SESSION_TOKEN",),
     }
-    for k, env in env_names.items():
+    for k, envs in env_names.items():
         if d.get(k):
-            os.environ[env] = str(d[k])
+            for env in envs:
+                os.environ[env] = str(d[k])
     _fs_cache.clear()
 
 
@@ -119,7 +121,9 @@ def filesystem(uri: str, s3: Any = None) -> tuple[fsspec.AbstractFileSystem, str
         if fs is None:
             import s3fs
 
-            fs = s3fs.S3FileSystem(skip_instance_cache=True, **kw)
+            # no listings cache: the instance lives for the whole process, and objects written by
+            # other processes (Ray workers, another driver) must show up in listdir/exists/find
+            fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False, **kw)
             _fs_cache[key] = fs
         return fs, uri.split("://", 1)[1]
     fs, path = fsspec.core.url_to_fs(uri)
@@ -135,8 +139,18 @@ def join(base: str, *parts: str) -> str:
 
 
 def parent(uri: str) -> str:
-    uri = str(uri).rstrip("/")
-    return uri.rsplit("/", 1)[0] if "/" in uri else "."
+    """The folder/prefix holding ``uri`` (``/`` for a top-level local path, ``proto://`` for a
+    bucket)."""
+    uri = str(uri)
+    prefix = ""
+    if "://" in uri:
+        prefix, uri = uri.split("://", 1)
+        prefix += "://"
+    stripped = uri.rstrip("/")
+    if "/" not in stripped:
+        return prefix if prefix else ("/" if uri.startswith("/") else ".")
+    head = stripped.rsplit("/", 1)[0]
+    return prefix + (head or "/")
 
 
 def basename(uri: str) -> str:
@@ -199,28 +213,71 @@ def makedirs(uri: str, s3: Any = None) -> None:
         fs.makedirs(path, exist_ok=True)
 
 
+_TMP_SUFFIX = ".medray-tmp"
+
+
+def _tmp_name(path: str) -> str:
+    """A hidden temporary name beside ``path`` (same folder, so the final rename is atomic)."""
+    head, sep, base = path.rpartition("/")
+    return f"{head}{sep}.{base}.{uuid.uuid4().hex}{_TMP_SUFFIX}"
+
+
+def is_temporary(uri: str) -> bool:
+    """Whether ``uri`` is one of our in-progress temporary files (hidden from listings)."""
+    b = basename(uri)
+    return b.startswith(".") and b.endswith(_TMP_SUFFIX)
+
+
+def _fsync_dir(d: str) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_local(path: str, chunks: Iterator[bytes]) -> tuple[str, int]:
+    """Write ``chunks`` to a temporary file beside ``path``, fsync, rename over ``path``. The
+    temporary file is removed on any failure; returns (sha256, size)."""
+    d = os.path.dirname(path)
+    os.makedirs(d, exist_ok=True)
+    tmp = _tmp_name(path)
+    h = hashlib.sha256()
+    size = 0
+    try:
+        with open(tmp, "wb") as f:
+            for b in chunks:
+                f.write(b)
+                h.update(b)
+                size += len(b)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(d)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+    return h.hexdigest(), size
+
+
 def write_bytes(uri: str, data: bytes, s3: Any = None) -> Artifact:
     """Atomically write ``data`` to ``uri`` and return its checksum."""
     uri = str(uri)
+    data = bytes(data) if not isinstance(data, bytes) else data
     fs, path = filesystem(uri, s3)
-    digest = sha256_bytes(data)
     proto = protocol_of(uri)
     try:
         if proto == "file":
-            d = os.path.dirname(path)
-            os.makedirs(d, exist_ok=True)
-            tmp = os.path.join(d, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        elif proto == "s3":
-            fs.pipe_file(path, data)  # one PUT: atomic on S3
+            digest, _ = _write_local(path, iter((data,)))
+            return Artifact(uri=uri, sha256=digest, size=len(data))
+        digest = sha256_bytes(data)
+        if proto == "s3":
+            fs.pipe_file(path, data)  # one PUT (or a multipart upload): atomic on S3
         else:
             parent_path = path.rsplit("/", 1)[0] if "/" in path else ""
             if parent_path:
@@ -228,11 +285,22 @@ def write_bytes(uri: str, data: bytes, s3: Any = None) -> Artifact:
                     fs.makedirs(parent_path, exist_ok=True)
                 except Exception:  # noqa: BLE001 - some filesystems have no dirs
                     pass
-            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-            fs.pipe_file(tmp, data)
-            fs.mv(tmp, path)
+            tmp = _tmp_name(path)
+            try:
+                fs.pipe_file(tmp, data)
+                fs.mv(tmp, path)
+            finally:
+                try:
+                    if fs.exists(tmp):
+                        fs.rm(tmp)
+                except Exception:  # noqa: BLE001 - best effort
+                    pass
     except OSError as e:
         raise StorageError(f"{uri}: write failed: {e}") from e
+    except Exception as e:  # noqa: BLE001 - SDK errors (connection, credentials) that are not OSErrors
+        if proto == "file":
+            raise
+        raise StorageError(f"{uri}: write failed: {type(e).__name__}: {e}") from e
     return Artifact(uri=uri, sha256=digest, size=len(data))
 
 
@@ -252,31 +320,95 @@ def read_json(uri: str, s3: Any = None) -> Any:
     return json.loads(read_text(uri, s3))
 
 
+def _read_chunks(f: IO[bytes], chunk: int = 1 << 22) -> Iterator[bytes]:
+    while True:
+        b = f.read(chunk)
+        if not b:
+            return
+        yield b
+
+
 def upload_file(local_path: str, uri: str, s3: Any = None) -> Artifact:
+    """Copy a local file to ``uri`` atomically, streaming (the file is never read whole into
+    memory); returns the sha256/size of the bytes copied."""
+    uri = str(uri)
+    proto = protocol_of(uri)
+    try:
+        if proto == "file":
+            _, path = filesystem(uri)
+            with open(local_path, "rb") as f:
+                digest, size = _write_local(path, _read_chunks(f))
+            return Artifact(uri=uri, sha256=digest, size=size)
+        if proto == "s3":
+            fs, path = filesystem(uri, s3)
+            digest, size = sha256_of(local_path), os.path.getsize(local_path)
+            fs.put_file(local_path, path)  # single PUT or multipart upload: atomic on S3
+            return Artifact(uri=uri, sha256=digest, size=size)
+    except FileNotFoundError:
+        if not os.path.exists(local_path):
+            raise
+        raise StorageError(f"{uri}: upload of {local_path} failed: no such bucket or folder") from None
+    except OSError as e:
+        raise StorageError(f"{uri}: upload of {local_path} failed: {e}") from e
+    except Exception as e:  # noqa: BLE001 - SDK errors that are not OSErrors
+        if proto == "file":
+            raise
+        raise StorageError(f"{uri}: upload of {local_path} failed: {type(e).__name__}: {e}") from e
     with open(local_path, "rb") as f:
         return write_bytes(uri, f.read(), s3)
 
 
 def upload_dir(local_dir: str, uri: str, s3: Any = None) -> list[Artifact]:
-    """Copy a local folder tree to ``uri`` (each file atomically)."""
+    """Copy a local folder tree to ``uri`` (each file atomically), in a stable (sorted) order.
+    Our own in-progress temporary files are skipped."""
+    if not os.path.isdir(local_dir):
+        raise FileNotFoundError(f"{local_dir}: no such folder")
     out = []
-    for root, _dirs, files in os.walk(local_dir):
+    for root, dirs, files in os.walk(local_dir):
+        dirs.sort()
         for name in sorted(files):
             src = os.path.join(root, name)
+            if is_temporary(src):
+                continue
             rel = os.path.relpath(src, local_dir).replace(os.sep, "/")
             out.append(upload_file(src, join(uri, rel), s3))
     return out
 
 
-def download_dir(uri: str, local_dir: str, s3: Any = None) -> None:
+def download_dir(uri: str, local_dir: str, s3: Any = None) -> list[str]:
+    """Copy every file under ``uri`` into ``local_dir`` (streaming, each file written to a temporary
+    name and renamed). Returns the local paths. A source that does not exist is a
+    FileNotFoundError (never a silently empty download); keys that would land outside
+    ``local_dir`` (``../``) are refused."""
     fs, path = filesystem(uri, s3)
-    os.makedirs(local_dir, exist_ok=True)
-    for src in fs.find(path):
-        rel = src[len(path.rstrip("/")) + 1 :]
-        dst = os.path.join(local_dir, rel)
-        os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
-        with fs.open(src, "rb") as fi, open(dst, "wb") as fo:
-            fo.write(fi.read())
+    root = path.rstrip("/")
+    files = [p for p in sorted(fs.find(root)) if not is_temporary(p)]
+    files = [p for p in files if p.rstrip("/") != root]  # `uri` naming a file is not a folder
+    if not files and not fs.isdir(root):
+        raise FileNotFoundError(f"{uri}: no such folder")
+    dest_root = os.path.abspath(local_dir)
+    plan = []
+    for src in files:  # check every destination before writing anything
+        rel = src[len(root) + 1 :] if src.startswith(root + "/") else basename(src)
+        dst = os.path.abspath(os.path.join(dest_root, *rel.split("/")))
+        if os.path.commonpath([dest_root, dst]) != dest_root or dst == dest_root:
+            raise StorageError(f"{uri}: refusing to write {rel!r} outside {local_dir}")
+        plan.append((src, dst))
+    os.makedirs(dest_root, exist_ok=True)
+    for src, dst in plan:
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        with fs.open(src, "rb") as fi:
+            _write_local(dst, _read_chunks(fi))
+    return [dst for _, dst in plan]
+
+
+def _as_uri(proto: str, p: str) -> str:
+    """A path returned by an fsspec filesystem -> a URI of the same protocol."""
+    if proto == "file" or "://" in p:
+        return p
+    if proto == "memory":
+        return f"memory://{p.lstrip('/')}"
+    return f"{proto}://{p}"
 
 
 def listdir(uri: str, s3: Any = None) -> list[str]:
@@ -284,16 +416,15 @@ def listdir(uri: str, s3: Any = None) -> list[str]:
     fs, path = filesystem(uri, s3)
     try:
         entries = fs.ls(path, detail=False)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
     proto = protocol_of(uri)
     out = []
     for e in entries:
         e = e.rstrip("/")
-        if proto == "file":
-            out.append(e)
-        else:
-            out.append(f"{proto}://{e}" if "://" not in e else e)
+        if e == path.rstrip("/") or is_temporary(e):
+            continue
+        out.append(_as_uri(proto, e))
     return sorted(out)
 
 
@@ -317,13 +448,13 @@ def pyarrow_filesystem(uri: str, s3: Any = None):
         endpoint = ck.get("endpoint_url")
         if endpoint:
             scheme, _, host = endpoint.partition("://")
-            args["endpoint_override"] = host or endpoint
+            args["endpoint_override"] = (host or endpoint).rstrip("/")
             args["scheme"] = scheme if host else "https"
         if ck.get("region_name"):
             args["region"] = ck["region_name"]
         if kw.get("anon"):
             args["anonymous"] = True
-        if kw.get("key"):
+        elif kw.get("key"):
             args["access_key"] = kw["key"]
             args["secret_key"] = kw.get("secret")
             if kw.get("token"):
@@ -337,10 +468,11 @@ def iter_files(uri: str, suffixes: tuple[str, ...] = (), s3: Any = None) -> Iter
     """All files under a folder/prefix (recursively), as URIs, sorted."""
     fs, path = filesystem(uri, s3)
     proto = protocol_of(uri)
+    ends = tuple(s.lower() for s in suffixes)
     for p in sorted(fs.find(path)):
-        if suffixes and not p.lower().endswith(tuple(s.lower() for s in suffixes)):
+        if is_temporary(p) or (ends and not p.lower().endswith(ends)):
             continue
-        yield p if proto == "file" else f"{proto}://{p}"
+        yield _as_uri(proto, p)
 
 
 def bytes_io(data: bytes) -> io.BytesIO:

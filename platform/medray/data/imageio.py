@@ -7,24 +7,37 @@ pydicom + pylibjpeg, RLE, YBR colour), and refuses images above a pixel-count li
 
 For big JPEGs that will be shrunk anyway (fundus photos are 2-12 MP, models want 224-1024 px), pass
 ``target=`` and the JPEG is decoded at a reduced DCT scale (Pillow ``draft``): 2-8x fewer pixels
-decoded, which is the largest single speed lever of ingest and training input.
+decoded, which is the largest single speed lever of ingest and training input. The whole stream is
+still read, so a truncated file is still a TruncatedImageError.
+
+Also: :func:`image_size` (header only, after EXIF orientation, pixel limit checked),
+:func:`read_image`/:func:`read_file` (any storage URI), :func:`decode_mask`/:func:`read_mask`
+(class-id masks: palette indices, never colours) and :func:`resize` (pad/crop/stretch).
+
+Errors: MissingFileError, UnreadableFileError, EmptyFileError, TruncatedImageError (a subclass of
+CorruptImageError), CorruptImageError, UnsupportedImageError, DecompressionBombError. Everything here
+is thread-safe (``medray data validate`` decodes in a thread pool).
 """
 
 from __future__ import annotations
 
 import io
-import warnings
+import logging
+import struct
+import threading
 from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from medray.errors import (
+    CorruptImageError,
     DecompressionBombError,
     EmptyFileError,
     ImageDecodeError,
     MissingFileError,
     TruncatedImageError,
+    UnreadableFileError,
     UnsupportedImageError,
 )
 
@@ -56,6 +69,56 @@ def sniff_format(data: bytes) -> str:
     return "unknown"
 
 
+_TRUNCATION_WORDS = ("truncated", "premature end", "not enough data", "no tag to read", "end of file",
+                     "incomplete", "requires a buffer of at least")
+
+
+def _ends_early(data: bytes | None, fmt: str) -> bool:
+    """Structural check that the file stops before its format's end: a PNG whose chunk list runs past
+    the end of the data before IEND, a JPEG without an end-of-image marker."""
+    if not data:
+        return False
+    if fmt == "png":
+        pos = 8
+        while pos + 8 <= len(data):
+            (length,) = struct.unpack(">I", data[pos : pos + 4])
+            if data[pos + 4 : pos + 8] == b"IEND":
+                return False
+            pos += 12 + length
+        return True
+    if fmt == "jpeg":
+        return b"\xff\xd9" not in data[-4096:]
+    return False
+
+
+def _decode_failure(name: str, fmt: str, e: BaseException, what: str, data: bytes | None = None) -> ImageDecodeError:
+    """A Pillow/codec exception -> TruncatedImageError (the data ends early) or CorruptImageError."""
+    msg = str(e) or type(e).__name__
+    low = msg.lower()
+    if isinstance(e, EOFError) or any(k in low for k in _TRUNCATION_WORDS) or _ends_early(data, fmt):
+        return TruncatedImageError(name, f"truncated {fmt} ({what}): {msg}")
+    return CorruptImageError(name, f"corrupt {fmt} ({what}): {msg}")
+
+
+_PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "tiff": "TIFF", "bmp": "BMP", "gif": "GIF", "webp": "WEBP"}
+
+
+def _unopenable(data: bytes, name: str, fmt: str) -> ImageDecodeError:
+    """Why Pillow could not open a file: unknown magic -> UnsupportedImageError; a known magic whose
+    header is cut or corrupt -> Truncated/CorruptImageError (Pillow hides the cause behind
+    UnidentifiedImageError, so the format's own opener is asked again)."""
+    key = _PIL_FORMATS.get(fmt)
+    if key is None:
+        return UnsupportedImageError(name, f"not a recognised image format (magic {data[:8]!r})")
+    try:
+        Image.preinit()
+        Image.init()
+        Image.OPEN[key][0](io.BytesIO(data), "")
+    except Exception as e:  # noqa: BLE001
+        return _decode_failure(name, fmt, e, "header", data)
+    return CorruptImageError(name, f"corrupt {fmt} header")
+
+
 def _check_pixels(name: str, w: int, h: int, max_pixels: int) -> None:
     if w <= 0 or h <= 0:
         raise UnsupportedImageError(name, f"invalid image size {w}x{h}")
@@ -65,8 +128,56 @@ def _check_pixels(name: str, w: int, h: int, max_pixels: int) -> None:
         )
 
 
+def _png_exif_orientation(data: bytes) -> int:
+    """EXIF orientation of a PNG from its ``eXIf`` chunk, found by walking the chunk headers (no
+    decompression: Pillow's ``getexif`` on a PNG decodes the whole image first)."""
+    pos = 8
+    n = len(data)
+    while pos + 8 <= n:
+        length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
+        if ctype == b"eXIf":
+            exif = Image.Exif()
+            try:
+                exif.load(data[pos + 8 : pos + 8 + length])
+                return int(exif.get(0x0112, 1) or 1)
+            except Exception:  # noqa: BLE001 - a corrupt EXIF block means "no orientation"
+                return 1
+        if ctype == b"IEND":
+            break
+        pos += 12 + length
+    return 1
+
+
+def _pillow_orients_tiff() -> bool:
+    """Whether this Pillow applies a TIFF's orientation tag itself (size and pixels), as newer
+    versions do; probed once on a 2x1 TIFF so we never rotate twice."""
+    try:
+        buf = io.BytesIO()
+        Image.new("L", (2, 1)).save(buf, "TIFF", tiffinfo={0x0112: 6})
+        with Image.open(io.BytesIO(buf.getvalue())) as im:
+            return im.size == (1, 2)
+    except Exception:  # noqa: BLE001 - no TIFF support: nothing to orient
+        return False
+
+
+_PILLOW_ORIENTS_TIFF = _pillow_orients_tiff()
+
+
+def _orientation(im: Image.Image, data: bytes) -> int:
+    """The EXIF orientation still to apply to ``im`` (1 when none or when Pillow applies it)."""
+    if im.format == "TIFF" and _PILLOW_ORIENTS_TIFF:
+        return 1
+    if im.format == "PNG":
+        return _png_exif_orientation(data)
+    try:
+        return int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:  # noqa: BLE001 - unreadable EXIF: no orientation
+        return 1
+
+
 def image_size(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
-    """``(width, height)`` from the header only, after EXIF orientation. Raises ImageDecodeError."""
+    """``(width, height)`` from the header only, after EXIF orientation. Raises ImageDecodeError
+    (including DecompressionBombError when the header claims more than ``max_pixels``)."""
     if not data:
         raise EmptyFileError(name, "file is empty (0 bytes)")
     fmt = sniff_format(data)
@@ -74,62 +185,102 @@ def image_size(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX
         ds = _read_dicom(data, name, stop_before_pixels=True)
         try:
             w, h = int(ds.Columns), int(ds.Rows)
-        except AttributeError:
+        except (AttributeError, TypeError, ValueError):
             raise UnsupportedImageError(name, "DICOM has no image (no Rows/Columns)") from None
+        _check_pixels(name, w, h, max_pixels)
         return w, h
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
-            orient = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
+            _check_pixels(name, w, h, max_pixels)  # before anything that may decode pixels
+            orient = _orientation(im, data)
+    except ImageDecodeError:
+        raise
     except Image.UnidentifiedImageError:
-        raise UnsupportedImageError(name, f"not a recognised image (format {fmt})") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise TruncatedImageError(name, f"unreadable header: {e}") from None
-    _check_pixels(name, w, h, max_pixels)
+        raise _unopenable(data, name, fmt) from None
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types on corrupt headers
+        raise _decode_failure(name, fmt, e, "header", data) from None
     if orient in (5, 6, 7, 8):
         w, h = h, w
     return w, h
 
 
+class _PydicomMessages(logging.Handler):
+    """Collects what pydicom logs while the *current thread* reads a file. pydicom reports a file
+    that ends inside a value only as a warning (and drops the element); ``warnings.catch_warnings``
+    is process-global and not thread-safe, so parallel readers (``medray data validate``) would see
+    each other's warnings. Log records are handled in the emitting thread: a thread-local list is
+    exact."""
+
+    _local = threading.local()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msgs = getattr(self._local, "msgs", None)
+        if msgs is not None:
+            msgs.append(record.getMessage())
+
+
+_PYDICOM_MESSAGES = _PydicomMessages(level=logging.WARNING)
+_PYDICOM_HOOKED = False
+_HOOK_LOCK = threading.Lock()
+
+
 def _read_dicom(data: bytes, name: str, stop_before_pixels: bool = False):
+    global _PYDICOM_HOOKED
     try:
         import pydicom
     except ImportError:  # pragma: no cover - pydicom is a dependency
         raise UnsupportedImageError(name, "DICOM support needs pydicom") from None
+    if not _PYDICOM_HOOKED:
+        with _HOOK_LOCK:
+            if not _PYDICOM_HOOKED:
+                logging.getLogger("pydicom").addHandler(_PYDICOM_MESSAGES)
+                _PYDICOM_HOOKED = True
+    local = _PydicomMessages._local
+    local.msgs = msgs = []
     try:
-        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels)
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels)
     except Exception as e:  # noqa: BLE001 - pydicom raises many types
-        raise TruncatedImageError(name, f"unreadable DICOM: {e}") from None
+        raise _decode_failure(name, "dicom", e, "dataset") from None
+    finally:
+        local.msgs = None
+    for m in msgs:
+        if "end of file" in m.lower():
+            raise TruncatedImageError(name, f"truncated dicom: {m}")
+    if len(ds) == 0:
+        raise TruncatedImageError(name, "truncated dicom: no data set after the file meta information")
+    return ds
 
 
 def _decode_dicom(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    """First frame of a DICOM image as uint8 (grey ``HxW`` or RGB ``HxWx3``) or its native array when
+    it is already 8-bit. YBR colour is returned as RGB (pydicom converts it: ``as_rgb``)."""
     ds = _read_dicom(data, name)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise UnsupportedImageError(name, "DICOM has no pixel data (not an image)")
-    _check_pixels(name, int(getattr(ds, "Columns", 0)), int(getattr(ds, "Rows", 0)), max_pixels)
+        raise UnsupportedImageError(name, "DICOM has no pixel data (not an image, or a truncated file)")
     try:
-        arr = ds.pixel_array
+        w, h = int(ds.Columns), int(ds.Rows)
+    except (AttributeError, TypeError, ValueError):
+        raise UnsupportedImageError(name, "DICOM has no image (no Rows/Columns)") from None
+    _check_pixels(name, w, h, max_pixels)
+    try:
+        from pydicom.pixels import pixel_array
+
+        # index=0: decode only the first frame of a multi-frame object (a photo series' first image)
+        arr = pixel_array(ds, index=0)
     except Exception as e:  # noqa: BLE001 - missing codec, corrupt stream
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         tsname = getattr(ts, "name", str(ts))
+        if "less than expected" in str(e):
+            raise TruncatedImageError(name, f"truncated dicom pixel data ({tsname}): {e}") from None
         raise UnsupportedImageError(name, f"cannot decode DICOM pixel data ({tsname}): {e}") from None
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
-    if frames > 1:
-        arr = arr[0]  # multi-frame: the first frame (a photo series' first image)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
     photometric = str(getattr(ds, "PhotometricInterpretation", ""))
-    if spp == 3 and photometric.startswith("YBR") and photometric != "YBR_FULL_422":
-        # pydicom leaves some YBR data in YCbCr; convert so every caller sees RGB
-        try:
-            from pydicom.pixels import convert_color_space
-
-            arr = convert_color_space(arr, photometric, "RGB")
-        except Exception:  # noqa: BLE001 - already RGB after decoding
-            pass
-    if spp == 1 and photometric == "MONOCHROME1":
-        arr = arr.max() - arr
-    if arr.dtype.kind == "f" or arr.dtype.kind == "i" or (arr.dtype.kind == "u" and arr.dtype.itemsize > 1):
+    if arr.dtype != np.uint8:
         arr = _rescale_to_uint8(arr.astype(np.float32))
+    if arr.ndim == 2 and photometric == "MONOCHROME1":  # 0 = white: invert so every caller sees 0 = black
+        arr = 255 - arr
     return np.ascontiguousarray(arr)
 
 
@@ -167,6 +318,15 @@ def _pil_to_array(im: Image.Image, mode: Mode) -> np.ndarray:
     return np.asarray(im.convert(mode))
 
 
+def _draft_scale(w: int, h: int, target: int) -> int:
+    """Largest JPEG DCT scale (1, 2, 4, 8) whose reduced image keeps its shorter side >= target."""
+    short = min(w, h)
+    for s in (8, 4, 2):
+        if -(-short // s) >= target:  # Pillow's reduced size is ceil(size / s)
+            return s
+    return 1
+
+
 def decode(
     data: bytes,
     name: str = "<bytes>",
@@ -182,12 +342,15 @@ def decode(
         name: file name/URI used in error messages.
         mode: ``"RGB"`` (default), ``"L"`` (grey) or ``"keep"`` (native channels and bit depth).
         target: if set, a JPEG may be decoded at a reduced scale whose shorter side is still
-            >= ``target`` (the caller resizes afterwards).
+            >= ``target`` (the caller resizes afterwards). Truncation is still detected.
         max_pixels: refuse images with more pixels than this, before decoding.
 
     Raises:
-        EmptyFileError, TruncatedImageError, UnsupportedImageError, DecompressionBombError.
+        EmptyFileError, TruncatedImageError, CorruptImageError, UnsupportedImageError,
+        DecompressionBombError (all ImageDecodeError, naming ``name``).
     """
+    if mode not in ("RGB", "L", "keep"):
+        raise ValueError(f"mode must be 'RGB', 'L' or 'keep', not {mode!r}")
     if not data:
         raise EmptyFileError(name, "file is empty (0 bytes)")
     fmt = sniff_format(data)
@@ -198,32 +361,32 @@ def decode(
         if arr.ndim == 2:
             return np.repeat(arr[..., None], 3, axis=2) if mode == "RGB" else arr
         if mode == "L":
-            return np.asarray(Image.fromarray(arr[..., :3]).convert("L"))
-        return arr[..., :3]
+            return np.asarray(Image.fromarray(np.ascontiguousarray(arr[..., :3])).convert("L"))
+        return np.ascontiguousarray(arr[..., :3])
     try:
         im = Image.open(io.BytesIO(data))
     except Image.UnidentifiedImageError:
-        raise UnsupportedImageError(name, f"not a recognised image format (magic {data[:8]!r})") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise TruncatedImageError(name, f"unreadable header: {e}") from None
+        raise _unopenable(data, name, fmt) from None
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types on corrupt headers
+        raise _decode_failure(name, fmt, e, "header", data) from None
     try:
         w, h = im.size
         _check_pixels(name, w, h, max_pixels)
-        if target and im.format == "JPEG" and min(w, h) > 2 * target:
-            scale = min(w, h) / target
-            im.draft(im.mode if im.mode in ("RGB", "L") else "RGB", (int(w / scale), int(h / scale)))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            im.load()
-        im = ImageOps.exif_transpose(im)
+        if target and im.format in ("JPEG", "MPO"):
+            s = _draft_scale(w, h, int(target))
+            if s > 1:
+                # an RGB JPEG wanted in grey decodes its luma plane only
+                im.draft("L" if mode == "L" else im.mode, (w // s, h // s))
+        im.load()
+        if _orientation(im, data) != 1:
+            im = ImageOps.exif_transpose(im)
         return _pil_to_array(im, mode)
     except ImageDecodeError:
         raise
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        msg = str(e)
-        if "truncated" in msg or "broken data stream" in msg or isinstance(e, (EOFError, SyntaxError)):
-            raise TruncatedImageError(name, f"truncated or corrupt {fmt}: {msg}") from None
-        raise TruncatedImageError(name, f"cannot decode {fmt}: {msg}") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Pillow/codec errors on corrupt data
+        raise _decode_failure(name, fmt, e, "pixel data", data) from None
     finally:
         im.close()
 
@@ -231,15 +394,80 @@ def decode(
 def read_image(uri: str, *, s3=None, mode: Mode = "RGB", target: int | None = None,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read a file (any storage URI) and decode it; a missing file is a MissingFileError."""
+    return decode(read_file(uri, s3=s3), uri, mode=mode, target=target, max_pixels=max_pixels)
+
+
+def read_file(uri: str, *, s3=None) -> bytes:
+    """The bytes of an image file; failures are ImageDecodeErrors naming the file
+    (MissingFileError, UnreadableFileError)."""
     from medray import storage
 
     try:
-        data = storage.read_bytes(uri, s3)
+        return storage.read_bytes(uri, s3)
     except FileNotFoundError:
         raise MissingFileError(uri, "file not found") from None
     except IsADirectoryError:
-        raise UnsupportedImageError(uri, "is a folder, not a file") from None
-    return decode(data, uri, mode=mode, target=target, max_pixels=max_pixels)
+        raise UnreadableFileError(uri, "is a folder, not a file") from None
+    except PermissionError as e:
+        raise UnreadableFileError(uri, f"permission denied: {e}") from None
+    except OSError as e:
+        raise UnreadableFileError(uri, f"cannot read file: {e}") from None
+
+
+def decode_mask(data: bytes, name: str = "<bytes>", *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode a class-id mask to a 2-D integer array (``HxW``).
+
+    Palette images give their palette indices (not colours), grey/16-bit images their values, and an
+    RGB(A) image is accepted only when its colour channels are equal (a grey mask saved as RGB).
+    Anything else is an UnsupportedImageError: class ids must not be guessed from colours.
+    """
+    if not data:
+        raise EmptyFileError(name, "file is empty (0 bytes)")
+    if sniff_format(data) == "dicom":
+        arr = decode(data, name, mode="keep", max_pixels=max_pixels)
+    else:
+        try:
+            im = Image.open(io.BytesIO(data))
+        except Image.UnidentifiedImageError:
+            raise _unopenable(data, name, sniff_format(data)) from None
+        except Exception as e:  # noqa: BLE001
+            raise _decode_failure(name, sniff_format(data), e, "mask header", data) from None
+        try:
+            _check_pixels(name, *im.size, max_pixels)
+            if im.mode in ("1", "P", "L", "I", "I;16", "I;16B", "I;16L", "I;16N"):
+                im.load()
+                if _orientation(im, data) != 1:
+                    im = ImageOps.exif_transpose(im)
+                arr = np.asarray(im)
+                if arr.dtype == bool:  # a 1-bit mask: ids 0/1 (not 0/255)
+                    arr = arr.astype(np.uint8)
+                if arr.dtype.byteorder == ">":
+                    arr = arr.astype(arr.dtype.newbyteorder("="))
+                return np.ascontiguousarray(arr)
+        except ImageDecodeError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise _decode_failure(name, sniff_format(data), e, "mask", data) from None
+        finally:
+            im.close()
+        arr = decode(data, name, mode="keep", max_pixels=max_pixels)
+    if arr.ndim == 3:
+        c = arr.shape[2]
+        colour = arr[..., :1] if c <= 2 else arr[..., :3]  # L(A) or RGB(A)
+        if c in (2, 4) and not np.all(arr[..., -1] == arr[..., -1].flat[0]):
+            raise UnsupportedImageError(name, "mask has a varying alpha channel; expected single-channel class ids")
+        if not np.all(colour == colour[..., :1]):
+            raise UnsupportedImageError(name, f"mask has {c} colour channels with different values; "
+                                              "expected single-channel class ids")
+        arr = colour[..., 0]
+    if arr.dtype.kind == "f":
+        raise UnsupportedImageError(name, "mask has floating-point values; expected integer class ids")
+    return np.ascontiguousarray(arr)
+
+
+def read_mask(uri: str, *, s3=None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read and decode a class-id mask (see :func:`decode_mask`)."""
+    return decode_mask(read_file(uri, s3=s3), uri, max_pixels=max_pixels)
 
 
 def resize(arr: np.ndarray, size: int | tuple[int, int], how: Literal["pad", "stretch", "crop"] = "pad",
@@ -249,7 +477,11 @@ def resize(arr: np.ndarray, size: int | tuple[int, int], how: Literal["pad", "st
     ``pad``: keep the aspect ratio, fit inside, pad with zeros (letterbox; the default for fundus and
     skin: nothing is cut off). ``crop``: keep aspect, fill, centre-crop. ``stretch``: ignore aspect.
     """
+    if how not in ("pad", "stretch", "crop"):
+        raise ValueError(f"resize: how must be 'pad', 'crop' or 'stretch', not {how!r}")
     th, tw = (size, size) if isinstance(size, int) else size
+    if th < 1 or tw < 1:
+        raise ValueError(f"resize: size must be positive, got {size!r}")
     h, w = arr.shape[:2]
     if (h, w) == (th, tw):
         return arr

@@ -69,7 +69,8 @@ class Task:
     description: str
     # columns that hold URIs of extra files (checked for existence/decoding by `validate`)
     file_columns: tuple[str, ...] = ()
-    label_check: Callable[[dict[str, Any], list[str]], list[str]] | None = field(default=None, compare=False)
+    # label_check(row, classes, meta) -> reasons; meta is the manifest's medray metadata
+    label_check: Callable[..., list[str]] | None = field(default=None, compare=False)
 
     @property
     def schema(self) -> pa.Schema:
@@ -90,7 +91,7 @@ def _in_classes(value: Any, classes: list[str], name: str) -> list[str]:
     return []
 
 
-def _check_age(row: dict[str, Any], classes: list[str]) -> list[str]:
+def _check_age(row: dict[str, Any], classes: list[str], meta: dict[str, Any] | None = None) -> list[str]:
     out = []
     age = row.get("age")
     if age is not None and not (0 <= age <= 130):
@@ -101,18 +102,20 @@ def _check_age(row: dict[str, Any], classes: list[str]) -> list[str]:
     return out
 
 
-def _check_classify(row: dict[str, Any], classes: list[str]) -> list[str]:
+def _check_classify(row: dict[str, Any], classes: list[str], meta: dict[str, Any] | None = None) -> list[str]:
     out = _in_classes(row.get("label"), classes, "label")
     multi = row.get("labels")
     if multi is not None:
-        if classes and len(multi) != len(classes):
-            out.append(f"labels has {len(multi)} entries, expected {len(classes)}")
+        # the multi-hot may name its own label set (e.g. ODIR's 8 patient-level labels)
+        names = (meta or {}).get("labels_classes") or classes
+        if names and len(multi) != len(names):
+            out.append(f"labels has {len(multi)} entries, expected {len(names)}")
         if any(v not in (0, 1) for v in multi):
             out.append("labels must be 0/1")
     return out
 
 
-def _check_oct(row: dict[str, Any], classes: list[str]) -> list[str]:
+def _check_oct(row: dict[str, Any], classes: list[str], meta: dict[str, Any] | None = None) -> list[str]:
     out = []
     for k in ("axial_um", "lateral_um"):
         v = row.get(k)
@@ -121,7 +124,7 @@ def _check_oct(row: dict[str, Any], classes: list[str]) -> list[str]:
     return out
 
 
-def _check_skin(row: dict[str, Any], classes: list[str]) -> list[str]:
+def _check_skin(row: dict[str, Any], classes: list[str], meta: dict[str, Any] | None = None) -> list[str]:
     out = _in_classes(row.get("label"), classes, "label")
     w, h = row.get("width") or 0, row.get("height") or 0
     for i, b in enumerate(row.get("boxes") or []):
@@ -131,7 +134,7 @@ def _check_skin(row: dict[str, Any], classes: list[str]) -> list[str]:
     return out
 
 
-def _check_rop(row: dict[str, Any], classes: list[str]) -> list[str]:
+def _check_rop(row: dict[str, Any], classes: list[str], meta: dict[str, Any] | None = None) -> list[str]:
     return _in_classes(row.get("stage"), classes, "stage")
 
 

@@ -1,0 +1,1 @@
+"""Data: manifests, decoding, ingest of public layouts, generators, validation, Ray Data pipelines."""
