@@ -10,6 +10,8 @@
     medray predict MODEL IMAGE...              run a catalogued model on images
     medray evaluate MODEL MANIFEST --out DIR   metrics JSON, PNG plots, HTML report
     medray quickstart                          the README's main job on the sample data
+    medray serve CONFIG.yaml                   run a Serve config (serve/<preset>.yaml) until Ctrl-C
+    medray evaluate-pipeline PRESET MANIFEST   efficacy + latency of a served plan (JSON, HTML, PNG)
 
 Errors meant for a person (bad YAML, missing file, undecodable image) print one line to stderr and
 exit with status 2; an unexpected crash keeps its traceback.
@@ -86,6 +88,13 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(a: argparse.Namespace) -> int:
+    from medray.tuning import run_study
+
+    _print_json(run_study(a.spec, a.overrides))
+    return 0
+
+
 def cmd_catalog(a: argparse.Namespace) -> int:
     from medray.catalog import store
 
@@ -131,7 +140,21 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_quickstart(a: argparse.Namespace) -> int:
     from medray.quickstart import run_quickstart
 
-    run_quickstart(a.data, a.out, a.shared_data_dir if hasattr(a, "shared_data_dir") else None)
+    run_quickstart(a.data, a.out, train=not a.no_train)
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from medray.serving.cli import serve_config
+
+    return serve_config(a.config, port=a.port)
+
+
+def cmd_evaluate_pipeline(a: argparse.Namespace) -> int:
+    from medray.serving.cli import evaluate_pipeline
+
+    _print_json(evaluate_pipeline(a.preset, a.manifest, out=a.out, url=a.url, catalog=a.catalog, split=a.split,
+                                  limit=a.limit, concurrency=a.concurrency))
     return 0
 
 
@@ -176,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = dsub.add_parser("pack", help="write images + labels into large Parquet shards")
     x.add_argument("manifest")
     x.add_argument("--out", required=True, help="output folder URI for the shards")
-    x.add_argument("--shard-mb", type=int, default=192, help="target shard size (MB)")
+    x.add_argument("--shard-mb", type=float, default=192, help="target shard size (MB)")
     x.add_argument("--image-size", type=int, default=None, help="re-encode images at this size first")
     x.set_defaults(fn=cmd_data_pack)
 
@@ -185,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("overrides", nargs="*", help="key.path=value overrides")
     x.add_argument("--force", action="store_true", help="re-run finished stages")
     x.set_defaults(fn=cmd_train)
+
+    x = sub.add_parser("tune", help="Ray Tune search over a job's candidates (YAML study spec)")
+    x.add_argument("spec", help="study spec, e.g. tune/oct_candidates.yaml")
+    x.add_argument("overrides", nargs="*", help="key.path=value overrides of the study spec")
+    x.set_defaults(fn=cmd_tune)
 
     cat_default = os.environ.get("MEDRAY_CATALOG", "runs/catalog")
     x = sub.add_parser("catalog", help="browse the model catalogue")
@@ -202,17 +230,34 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(fn=cmd_predict)
 
     x = sub.add_parser("evaluate", help="evaluate a catalogued model on a manifest")
-    x.add_argument("model")
-    x.add_argument("manifest")
-    x.add_argument("--out", required=True)
-    x.add_argument("--split", default="test", help="rows of this split (or 'all')")
+    x.add_argument("model", help="name, name:version or name@alias")
+    x.add_argument("manifest", nargs="+", help="labelled manifest(s)")
+    x.add_argument("--out", required=True, help="report folder (local or s3://)")
+    x.add_argument("--split", default="test", help="comma-separated splits, or 'all'")
     x.add_argument("--catalog", default=cat_default)
     x.set_defaults(fn=cmd_evaluate)
+
+    x = sub.add_parser("serve", help="run a Serve config (serve/<preset>.yaml) on Ray until Ctrl-C")
+    x.add_argument("config", help="Serve config file, e.g. serve/fundus_screening.yaml")
+    x.add_argument("--port", type=int, default=None, help="HTTP port (default: the config's)")
+    x.set_defaults(fn=cmd_serve)
+
+    x = sub.add_parser("evaluate-pipeline", help="run a labelled manifest through a served preset")
+    x.add_argument("preset", help="preset name (serve/presets/<name>.yaml)")
+    x.add_argument("manifest", help="labelled manifest URI")
+    x.add_argument("--url", default=None, help="a running app (http://127.0.0.1:8000); default: start one")
+    x.add_argument("--catalog", default=cat_default, help="catalogue for an app started here")
+    x.add_argument("--out", default="runs/evaluate-pipeline", help="folder for report.json/.html and plots")
+    x.add_argument("--split", default="test", help="rows of this split (or 'all')")
+    x.add_argument("--limit", type=int, default=None, help="first N rows only")
+    x.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    x.set_defaults(fn=cmd_evaluate_pipeline)
 
     x = sub.add_parser("quickstart", help="the main job on the sample data (see README)")
     x.add_argument("--data", default=os.environ.get("MEDRAY_SHARED_DATA", "../shared/data"),
                    help="folder of the public samples")
-    x.add_argument("--out", default="runs/quickstart", help="where manifests, runs, catalogue go")
+    x.add_argument("--out", default="runs", help="where manifests, runs, catalogue, reports go")
+    x.add_argument("--no-train", action="store_true", help="only ingest + validate + summarise")
     x.set_defaults(fn=cmd_quickstart)
     return p
 

@@ -132,6 +132,10 @@ _JOBS: dict[str, type[JobBase]] = {}
 # `medray data ...` never pays for torch.
 METHOD_MODULES: dict[str, str] = {
     "classify": "medray.methods.classify",
+    "retinal_age": "medray.methods.retinal_age",
+    "oct_layers": "medray.methods.oct_layers",
+    "skin": "medray.methods.skin",
+    "rop": "medray.methods.rop",
 }
 
 

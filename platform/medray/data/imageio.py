@@ -334,6 +334,8 @@ def decode(
     mode: Mode = "RGB",
     target: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    size: int | tuple[int, int] | None = None,
+    how: Literal["pad", "stretch", "crop"] = "pad",
 ) -> np.ndarray:
     """Decode image bytes to ``HxW`` (mode L), ``HxWx3`` (RGB) or the native array (keep).
 
@@ -344,6 +346,9 @@ def decode(
         target: if set, a JPEG may be decoded at a reduced scale whose shorter side is still
             >= ``target`` (the caller resizes afterwards). Truncation is still detected.
         max_pixels: refuse images with more pixels than this, before decoding.
+        size: if set, also resize to this size (see :func:`resize`, ``how``) — done on the Pillow
+            image before it becomes an array (one copy less; with ``target`` this is the fast path
+            of every training input pipeline). ``target`` defaults to the size's shorter side.
 
     Raises:
         EmptyFileError, TruncatedImageError, CorruptImageError, UnsupportedImageError,
@@ -353,7 +358,14 @@ def decode(
         raise ValueError(f"mode must be 'RGB', 'L' or 'keep', not {mode!r}")
     if not data:
         raise EmptyFileError(name, "file is empty (0 bytes)")
+    if size is not None:
+        if target is None:
+            target = size if isinstance(size, int) else min(size)
+        if mode == "keep":
+            return resize(decode(data, name, mode=mode, target=target, max_pixels=max_pixels), size, how)
     fmt = sniff_format(data)
+    if fmt == "dicom" and size is not None:
+        return resize(decode(data, name, mode=mode, max_pixels=max_pixels), size, how)
     if fmt == "dicom":
         arr = _decode_dicom(data, name, max_pixels)
         if mode == "keep":
@@ -380,7 +392,11 @@ def decode(
         im.load()
         if _orientation(im, data) != 1:
             im = ImageOps.exif_transpose(im)
-        return _pil_to_array(im, mode)
+        if size is None:
+            return _pil_to_array(im, mode)
+        if im.mode in ("RGB", "L") and mode in ("RGB", "L"):
+            return np.asarray(_resize_pil(im if im.mode == mode else im.convert(mode), size, how))
+        return resize(_pil_to_array(im, mode), size, how)
     except ImageDecodeError:
         raise
     except MemoryError:
@@ -470,6 +486,29 @@ def read_mask(uri: str, *, s3=None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
     return decode_mask(read_file(uri, s3=s3), uri, max_pixels=max_pixels)
 
 
+def _resize_pil(im: Image.Image, size: int | tuple[int, int], how: str,
+                resample: int = Image.BILINEAR) -> Image.Image:
+    if how not in ("pad", "stretch", "crop"):
+        raise ValueError(f"resize: how must be 'pad', 'crop' or 'stretch', not {how!r}")
+    th, tw = (size, size) if isinstance(size, int) else size
+    if th < 1 or tw < 1:
+        raise ValueError(f"resize: size must be positive, got {size!r}")
+    w, h = im.size
+    if (h, w) == (th, tw):
+        return im
+    if how == "stretch":
+        return im.resize((tw, th), resample)
+    s = min(th / h, tw / w) if how == "pad" else max(th / h, tw / w)
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    small = im.resize((nw, nh), resample)
+    if how == "crop":
+        y0, x0 = (nh - th) // 2, (nw - tw) // 2
+        return small.crop((x0, y0, x0 + tw, y0 + th))
+    canvas = Image.new(small.mode, (tw, th))
+    canvas.paste(small, ((tw - nw) // 2, (th - nh) // 2))
+    return canvas
+
+
 def resize(arr: np.ndarray, size: int | tuple[int, int], how: Literal["pad", "stretch", "crop"] = "pad",
            resample: int = Image.BILINEAR) -> np.ndarray:
     """Resize to ``size`` (int = square, or ``(h, w)``).
@@ -482,23 +521,18 @@ def resize(arr: np.ndarray, size: int | tuple[int, int], how: Literal["pad", "st
     th, tw = (size, size) if isinstance(size, int) else size
     if th < 1 or tw < 1:
         raise ValueError(f"resize: size must be positive, got {size!r}")
-    h, w = arr.shape[:2]
-    if (h, w) == (th, tw):
+    if arr.shape[:2] == (th, tw):
         return arr
-    im = Image.fromarray(arr)
-    if how == "stretch":
-        return np.asarray(im.resize((tw, th), resample, reducing_gap=3.0))
-    s = min(th / h, tw / w) if how == "pad" else max(th / h, tw / w)
-    nh, nw = max(1, round(h * s)), max(1, round(w * s))
-    im = im.resize((nw, nh), resample, reducing_gap=3.0)
-    small = np.asarray(im)
-    if how == "crop":
-        y0, x0 = (nh - th) // 2, (nw - tw) // 2
-        return np.ascontiguousarray(small[y0 : y0 + th, x0 : x0 + tw])
-    out = np.zeros((th, tw) + small.shape[2:], small.dtype)
-    y0, x0 = (th - nh) // 2, (tw - nw) // 2
-    out[y0 : y0 + nh, x0 : x0 + nw] = small
-    return out
+    if arr.dtype in (np.uint8,) or (arr.dtype == np.float32 and arr.ndim == 2):
+        return np.asarray(_resize_pil(Image.fromarray(arr), size, how, resample))
+    # other dtypes (uint16...): resize channel by channel as float32 images
+    chans = arr[..., None] if arr.ndim == 2 else arr
+    out = [np.asarray(_resize_pil(Image.fromarray(chans[..., c].astype(np.float32)), size, how, resample))
+           for c in range(chans.shape[2])]
+    res = np.stack(out, axis=2).round().clip(np.iinfo(arr.dtype).min if arr.dtype.kind in "iu" else -np.inf,
+                                               np.iinfo(arr.dtype).max if arr.dtype.kind in "iu" else np.inf)
+    res = res.astype(arr.dtype)
+    return res[..., 0] if arr.ndim == 2 else res
 
 
 def encode_png(arr: np.ndarray) -> bytes:

@@ -39,7 +39,7 @@ def _encode(data: bytes, name: str, image_size: int | None) -> bytes:
     return imageio.encode_png(arr)
 
 
-def pack_manifest(uri: str, out: str, target_mb: int = 192, image_size: int | None = None,
+def pack_manifest(uri: str, out: str, target_mb: float = 192, image_size: int | None = None,
                   row_group_rows: int | None = None, s3: Any = None) -> dict[str, Any]:
     """Pack a manifest into shards under ``out``; returns the index (shards, rows, checksums).
 
@@ -54,7 +54,7 @@ def pack_manifest(uri: str, out: str, target_mb: int = 192, image_size: int | No
     src = manifest._parquet_file(uri, s3)
     schema = src.schema_arrow.append(pa.field("image_bytes", pa.binary()))
     schema = schema.with_metadata(src.schema_arrow.metadata)
-    target = target_mb * 1024 * 1024
+    target = int(target_mb * 1024 * 1024)
     shards: list[dict[str, Any]] = []
     buf: list[pa.RecordBatch] = []
     size = 0
@@ -75,7 +75,7 @@ def pack_manifest(uri: str, out: str, target_mb: int = 192, image_size: int | No
         print(f"[medray] packed {name}: {len(table)} rows, {art.size / 1e6:.1f} MB", file=sys.stderr, flush=True)
         buf, size = [], 0
 
-    for batch in manifest.iter_batches(uri, batch_size=256, s3=s3):
+    for batch in manifest.iter_batches(uri, batch_size=16, s3=s3):  # shard boundaries every 16 rows
         blobs = []
         for img in batch.column("image").to_pylist():
             try:

@@ -52,13 +52,9 @@ def decode_batch(batch: dict[str, np.ndarray], spec: DecodeSpec, keep: tuple[str
     packed = batch.get("image_bytes")
     for i in range(n):
         name = str(batch["image"][i]) if "image" in batch else f"row {i}"
-        if packed is not None:
-            arr = imageio.decode(bytes(packed[i]), name, mode=spec.mode, target=spec.image_size,  # type: ignore[arg-type]
-                                 max_pixels=spec.max_pixels)
-        else:
-            arr = imageio.read_image(name, s3=s3, mode=spec.mode, target=spec.image_size,  # type: ignore[arg-type]
-                                     max_pixels=spec.max_pixels)
-        arr = imageio.resize(arr, spec.image_size, how=spec.resize)  # type: ignore[arg-type]
+        data = bytes(packed[i]) if packed is not None else imageio.read_file(name, s3=s3)
+        arr = imageio.decode(data, name, mode=spec.mode, size=spec.image_size, how=spec.resize,  # type: ignore[arg-type]
+                             max_pixels=spec.max_pixels)
         out[i] = arr.reshape(spec.image_size, spec.image_size, c)
     res = {"image": out}
     for k in keep:
@@ -77,17 +73,23 @@ def _split_expr(splits: Iterable[str]):
 
 
 def read_manifest(uri: str, splits: Iterable[str] | None = None, columns: list[str] | None = None,
-                  s3: Any = None):
-    """A streaming ``ray.data.Dataset`` over a manifest file or a folder of (packed) shards."""
+                  s3: Any = None, rows_per_block: int | None = 32):
+    """A streaming ``ray.data.Dataset`` over a manifest file or a folder of (packed) shards.
+
+    Manifest rows are tiny (a URI and a few labels), so one Parquet row group holds thousands of them
+    and would become ONE decode task. ``rows_per_block`` re-blocks the stream (a streaming
+    repartition, no shuffle) so image decoding downstream runs as many parallel tasks.
+    """
     import ray.data
 
     fs, path = storage.pyarrow_filesystem(uri, s3)
-    cols = None
+    ds = ray.data.read_parquet(path, filesystem=fs)
     if columns is not None:
-        cols = list(dict.fromkeys(list(columns) + (["split"] if splits else [])))
-    ds = ray.data.read_parquet(path, filesystem=fs, columns=cols)
+        ds = ds.select_columns(list(dict.fromkeys(list(columns) + (["split"] if splits else []))))
     if splits:
         ds = ds.filter(expr=_split_expr(splits))
+    if rows_per_block:
+        ds = ds.repartition(target_num_rows_per_block=rows_per_block)
     return ds
 
 

@@ -104,7 +104,7 @@ def run_paths(job: JobBase) -> tuple[Any, str, str]:
 
 
 def build_trainer(job: JobBase, train_loop, datasets: dict[str, Any], meta: dict[str, Any],
-                  name: str | None = None, split: list[str] | None = None):
+                  name: str | None = None, split: list[str] | None = None, callbacks: list | None = None):
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
@@ -127,6 +127,7 @@ def build_trainer(job: JobBase, train_loop, datasets: dict[str, Any], meta: dict
             failure_config=FailureConfig(max_failures=job.run.max_failures),
             worker_runtime_env={"env_vars": {**WORKER_ENV, **{k: os.environ[k] for k in PASS_ENV
                                                               if os.environ.get(k)}}},
+            callbacks=callbacks,
         ),
     )
 

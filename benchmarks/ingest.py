@@ -1,0 +1,115 @@
+"""Input-pipeline benchmark: medray's Ray Data decode vs a naive PIL + torch DataLoader.
+
+Both read the same real fundus JPEGs (HEI-MED 2196x1958 and ODIR up to 3696x2448, from
+../shared/data) and produce 512x512 uint8 batches. The baseline is what a typical training script
+does: ``PIL.Image.open(path).convert("RGB").resize((512, 512))`` in a ``torch.utils.data.Dataset``
+behind a ``DataLoader`` with as many worker processes as CPUs. medray streams the manifest with Ray
+Data and decodes in ``map_batches`` with reduced-size JPEG decoding (Pillow ``draft``), on the same
+number of CPUs. Each side first runs one warm-up pass; then the images are read ``--repeat`` times
+and the throughput (images/s) is printed with the ratio medray / baseline.
+
+    python benchmarks/ingest.py [--data ../shared/data] [--repeat 4] [--size 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def collect_images(data: Path) -> list[str]:
+    files = sorted(str(p) for p in (data / "fundus_heimed" / "DMED").glob("*.jpg"))
+    files += sorted(str(p) for p in (data / "fundus_odir" / "images").rglob("*.jpg"))
+    if not files:
+        sys.exit(f"no fundus JPEGs under {data} (set --data)")
+    return files
+
+
+def baseline(files: list[str], size: int, repeat: int, workers: int) -> float:
+    import torch
+    from PIL import Image
+
+    class Naive(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(files) * repeat
+
+        def __getitem__(self, i: int):
+            im = Image.open(files[i % len(files)]).convert("RGB").resize((size, size), Image.BILINEAR)
+            return torch.from_numpy(np.asarray(im))
+
+    def run(n_rep: int) -> tuple[int, float]:
+        ds = Naive()
+        ds.__len__ = lambda: len(files) * n_rep  # type: ignore[method-assign]
+        dl = torch.utils.data.DataLoader(ds, batch_size=16, num_workers=workers, persistent_workers=False)
+        t0, n = time.perf_counter(), 0
+        for b in dl:
+            n += len(b)
+        return n, time.perf_counter() - t0
+
+    run(1)  # warm-up (page cache, worker start)
+    n, dt = run(repeat)
+    return n / dt
+
+
+def medray_pipeline(files: list[str], size: int, repeat: int) -> float:
+    import ray
+
+    from medray.data import imageio, manifest, pipeline
+    from medray.training.loop import quiet_ray_data
+
+    tmp = tempfile.mkdtemp()
+    rows = []
+    for r in range(repeat):
+        for i, f in enumerate(files):
+            with open(f, "rb") as fh:
+                w, h = imageio.image_size(fh.read(1 << 20))
+            rows.append(dict(image=f, patient_id=f"{r}_{i}", eye="unknown", width=w, height=h, split="train",
+                             dataset="bench", label=0))
+    uri = os.path.join(tmp, "bench.parquet")
+    manifest.write_manifest(rows, uri, "fundus_disease", ["a", "b"])
+    quiet_ray_data()
+    spec = pipeline.DecodeSpec(image_size=size, resize="stretch")
+
+    def run() -> tuple[int, float]:
+        ds = pipeline.read_manifest(uri, splits=["train"], columns=["image"])
+        ds = ds.map_batches(pipeline.decode_batch, fn_kwargs={"spec": spec}, batch_size=8, batch_format="numpy")
+        t0, n = time.perf_counter(), 0
+        for b in ds.iter_batches(batch_size=16, batch_format="numpy"):
+            n += len(b["image"])
+        return n, time.perf_counter() - t0
+
+    run()  # warm-up (workers, page cache)
+    n, dt = run()
+    return n / dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=os.environ.get("MEDRAY_SHARED_DATA", str(Path(__file__).resolve().parents[1].parent / "shared" / "data")))
+    ap.add_argument("--repeat", type=int, default=4)
+    ap.add_argument("--size", type=int, default=512)
+    a = ap.parse_args()
+    import ray
+
+    files = collect_images(Path(a.data))
+    cpus = os.cpu_count() or 2
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    print(f"{len(files)} real fundus JPEGs x {a.repeat} -> {a.size}x{a.size}, {cpus} CPUs")
+    base = baseline(files, a.size, a.repeat, workers=cpus)
+    print(f"baseline  PIL + DataLoader({cpus} workers): {base:7.1f} images/s")
+    med = medray_pipeline(files, a.size, a.repeat)
+    print(f"medray    Ray Data + reduced-size decode : {med:7.1f} images/s")
+    print(f"ratio medray / baseline: {med / base:.2f}x  (target >= 3x)")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
