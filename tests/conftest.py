@@ -77,7 +77,9 @@ def ray_cluster(s3_endpoint):
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=True, log_to_driver=True,
+        # an explicit free dashboard port: two clusters starting at once on one machine (parallel
+        # CI jobs, developers) would otherwise race for the default 8265
+        ray.init(num_cpus=4, include_dashboard=True, dashboard_port=_free_port(), log_to_driver=True,
                  runtime_env={"env_vars": {k: os.environ[k] for k in (
                      "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                      "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED")}})

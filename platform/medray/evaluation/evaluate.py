@@ -80,11 +80,13 @@ def evaluate_model(model_ref: str, manifests: str | list[str], out: str, catalog
     }
     for fname, png in figs.items():
         storage.write_bytes(storage.join(out, fname), png, s3)
-    headline = {k: rep.get(k) for k in ("accuracy", "balanced_accuracy", "auc", "roc_auc", "average_precision",
-                                        "ece", "n") if k in rep}
+    headline = {"n": rep["n"], "accuracy": rep.get("accuracy"), "balanced_accuracy": rep.get("balanced_accuracy"),
+                "auc": (rep.get("binary") or rep.get("macro") or {}).get("auc"),
+                "ece": (rep.get("calibration") or {}).get("ece")}
     html = report.write_report(
         out,
         title=f"Evaluation of {card.name}:{card.version}",
+        classes=names,
         subtitle=f"{card.task} / {card.modality} — {len(y)} labelled images from {', '.join(manifests)} "
                  f"(splits: {', '.join(splits) if splits else 'all'})",
         metrics=rep,

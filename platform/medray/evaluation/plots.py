@@ -34,6 +34,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.colors import to_rgb  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from medray import storage  # noqa: E402
 from medray.evaluation import metrics as _m  # noqa: E402
@@ -416,8 +417,8 @@ def plot_reliability(
     ax.plot([0, 1], [0, 1], color="0.5", linestyle="--", linewidth=1, label="perfect calibration")
     ax.bar(centers[ok], cal["accuracy"][ok], width=width[ok] * 0.9, color=OKABE_ITO[0], alpha=0.75,
            edgecolor="white", label="observed")
-    ax.plot(cal["confidence"][ok], cal["confidence"][ok], "D", color=OKABE_ITO[1], markersize=5,
-            label="mean predicted (bin)")
+    ax.plot(cal["confidence"][ok], cal["accuracy"][ok], "D-", color=OKABE_ITO[1], markersize=5, linewidth=1.2,
+            label="observed at mean predicted")
     if cal["kind"] == "positive":
         xlabel, ylabel = f"Predicted probability of {positive_name}", f"Observed fraction {positive_name}"
     else:
@@ -706,6 +707,10 @@ def plot_curves(
                         linestyle="none")
                 ax.annotate(f"{y[j]:.3g} @ {x[j]:g}", (x[j], y[j]), xytext=(4, 6), textcoords="offset points",
                             fontsize=8)
+        xs_all = [_series_xy(v)[0] for v in ser.values()]
+        if all(np.all(xv == np.round(xv)) for xv in xs_all):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.margins(x=0.06)
         if logy:
             ax.set_yscale("log")
         ax.set(xlabel=xlabel, ylabel=panel, title=panel if nested else title)
@@ -948,17 +953,21 @@ def image_grid(
     n = len(images)
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
-    fig = new_figure((cell_size * ncols, cell_size * nrows + (0.5 if legend else 0) + (0.4 if title else 0)))
+    rgbs = [_as_rgb(im) for im in images]
+    aspect = float(np.clip(np.median([im.shape[0] / im.shape[1] for im in rgbs]), 0.2, 5.0))
+    cell_h = cell_size * aspect + (0.3 if titles is not None else 0.0)
+    legend_h = 0.3 * math.ceil(len(legend) / 7) + 0.2 if legend else 0.0
+    fig = new_figure((cell_size * ncols, cell_h * nrows + legend_h + (0.4 if title else 0.0)))
     axes = fig.subplots(nrows, ncols, squeeze=False).reshape(-1)
     for i, ax in enumerate(axes):
         ax.axis("off")
         if i < n:
-            ax.imshow(_as_rgb(images[i]), interpolation="antialiased")
+            ax.imshow(rgbs[i], interpolation="antialiased")
             if titles is not None:
                 ax.set_title(str(titles[i]), fontsize=10)
     if legend:
         handles = [Patch(facecolor=c, edgecolor="0.3", label=str(k)) for k, c in legend.items()]
-        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), frameon=False)
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 7), frameon=False)
     if title:
         fig.suptitle(title)
     return figure_png(fig, path, s3)
