@@ -92,7 +92,11 @@ def main() -> None:
     data = Path(a.image).read_bytes()
     arr = decode_upload(data, "bench.jpg", modality="fundus", max_pixels=10**8, min_side=16, display_size=1024)
 
-    # in-process: the same models one after the other (gate, then two branches), no Serve, no HTTP
+    # in-process: the same models one after the other (gate, then two branches), no Serve, no HTTP,
+    # with as many torch threads as one replica gets (fair per-model compute)
+    import torch
+
+    torch.set_num_threads(max(1, int(round(a.cpus_per_replica))))
     preds = [load_predictor(c, cat) for c in cat.list()]
     for p in preds:
         p.predict([arr])

@@ -12,6 +12,8 @@
     medray quickstart                          the README's main job on the sample data
     medray serve CONFIG.yaml                   run a Serve config (serve/<preset>.yaml) until Ctrl-C
     medray evaluate-pipeline PRESET MANIFEST   efficacy + latency of a served plan (JSON, HTML, PNG)
+    medray k8s render [--check]                KubeRay RayJobs/RayServices from jobs/ tune/ serve/ (k8s/)
+    medray k8s build k8s/overlays/gpu          print an overlay's objects (kustomize subset)
 
 Errors meant for a person (bad YAML, missing file, undecodable image) print one line to stderr and
 exit with status 2; an unexpected crash keeps its traceback.
@@ -158,6 +160,33 @@ def cmd_evaluate_pipeline(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_k8s_build(a: argparse.Namespace) -> int:
+    import yaml
+
+    from medray.k8s.kustomize import build
+
+    print(yaml.safe_dump_all(build(a.folder), sort_keys=False), end="")
+    return 0
+
+
+def cmd_k8s(a: argparse.Namespace) -> int:
+    from medray.k8s.render import check_stale, render
+
+    rep = render(a.repo, check=a.check)
+    for key in ("written", "removed", "stale", "missing", "orphaned"):
+        for path in rep[key]:
+            print(f"{key}: {path}")
+    if a.check:
+        if check_stale(rep):
+            print("medray: error: generated k8s manifests are out of date: run `medray k8s render`",
+                  file=sys.stderr)
+            return 1
+        print(f"k8s manifests up to date ({len(rep['unchanged'])} files)")
+    else:
+        print(f"{len(rep['written'])} written, {len(rep['unchanged'])} unchanged, {len(rep['removed'])} removed")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -252,6 +281,16 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--limit", type=int, default=None, help="first N rows only")
     x.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     x.set_defaults(fn=cmd_evaluate_pipeline)
+
+    x = sub.add_parser("k8s", help="KubeRay manifests: `k8s render` regenerates RayJobs/RayServices in k8s/")
+    ksub = x.add_subparsers(dest="k8s_command", required=True)
+    x = ksub.add_parser("render", help="write k8s/base/ray-job.*.yaml, ray-service.*.yaml from their sources")
+    x.add_argument("--check", action="store_true", help="write nothing; exit 1 if a generated file is stale")
+    x.add_argument("--repo", default=None, help="repository root (default: the nearest with k8s/render.yaml)")
+    x.set_defaults(fn=cmd_k8s)
+    x = ksub.add_parser("build", help="print a kustomization's objects (kustomize build subset)")
+    x.add_argument("folder", help="e.g. k8s/overlays/gpu")
+    x.set_defaults(fn=cmd_k8s_build)
 
     x = sub.add_parser("quickstart", help="the main job on the sample data (see README)")
     x.add_argument("--data", default=os.environ.get("MEDRAY_SHARED_DATA", "../shared/data"),
