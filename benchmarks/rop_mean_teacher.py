@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rampup", type=float, default=5.0)
     ap.add_argument("--relation-weight", type=float, default=1.0)
     ap.add_argument("--consistency", type=float, default=1.0)
+    ap.add_argument("--report-only", action="store_true", help="summarise and plot the results so far")
     args = ap.parse_args(argv)
 
     import ray
@@ -58,17 +59,17 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / f"data_n{args.n}_s{args.size}_seed{args.data_seed}" / "rop.parquet"
-    if not manifest.exists():
+    if not manifest.exists() and not args.report_only:
         print(f"generating {args.n} ROP images ({args.size} px) -> {manifest}", flush=True)
         synth("rop", args.n, str(manifest), seed=args.data_seed, size=args.size)
     res_path = out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else []
     done = {(r["fraction"], r["mode"], r["seed"], r.get("epochs")) for r in results}
-    if not ray.is_initialized():
+    if not ray.is_initialized() and not args.report_only:
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     runs = [(f, s, m) for f in args.fractions for s in args.seeds for m in ("supervised", "mean_teacher")]
     for i, (frac, seed, mode) in enumerate(runs):
-        if (frac, mode, seed, args.epochs) in done:
+        if (frac, mode, seed, args.epochs) in done or args.report_only:
             continue
         name = f"{mode}_f{frac:g}_s{seed}_e{args.epochs}"
         job = validate(Config, {
@@ -95,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         results.append(row)
         res_path.write_text(json.dumps(results, indent=1))
     rows = [r for r in results if r.get("epochs") == args.epochs and r["fraction"] in args.fractions]
+    if not rows:
+        print("no results yet")
+        return 1
     summary = {m: rop_eval.summarize_runs(rows, m) for m in ("test_kappa", "test_acc", "test_auc")}
     summary["setup"] = vars(args)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
