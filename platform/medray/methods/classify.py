@@ -259,7 +259,10 @@ def evaluate_shard(w, model, val_it, label: str, n_cls: int, bs: int) -> dict[st
     from medray.data.transforms import normalize
     from medray.evaluation import metrics as M
 
-    model.eval()
+    # the unwrapped module: a DDP forward broadcasts BatchNorm buffers (a collective call), and the
+    # workers run different numbers of validation batches here -> it would hang
+    net = w.unwrap(model)
+    net.eval()
     probs, ys = [], []
     with torch.no_grad():
         for k, batch in enumerate(val_it.iter_torch_batches(batch_size=bs, dtypes={"image": torch.uint8,
@@ -268,14 +271,14 @@ def evaluate_shard(w, model, val_it, label: str, n_cls: int, bs: int) -> dict[st
                 continue
             x = normalize(batch["image"].to(w.device))
             with w.autocast():
-                logits = model(w.to_input(x))
+                logits = net(w.to_input(x))
             probs.append(F.softmax(logits.float(), 1).cpu().numpy())
             ys.append(batch[label].numpy())
     parts = w.gather((np.concatenate(probs) if probs else np.zeros((0, n_cls), np.float32),
                       np.concatenate(ys) if ys else np.zeros(0, np.int64)))
     p = np.concatenate([a for a, _ in parts]).astype(np.float64)
     y = np.concatenate([b for _, b in parts]).astype(np.int64)
-    model.train()
+    net.train()
     if len(y) == 0:
         return {"val_loss": float("nan"), "val_acc": float("nan"), "val_auc": float("nan"), "val_n": 0}
     pred = p.argmax(1)
