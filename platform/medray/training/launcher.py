@@ -38,6 +38,19 @@ PASS_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS
             "MEDRAY_CATALOG")
 
 
+def _submitted_job_env_vars() -> dict[str, str]:
+    """``env_vars`` of the runtime env of the Ray job this driver runs in (empty outside a job)."""
+    import json
+
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return {}
+    try:
+        return dict(((json.loads(raw).get("runtime_env") or {}).get("env_vars")) or {})
+    except (ValueError, AttributeError, TypeError):
+        return {}
+
+
 def ensure_ray() -> None:
     """Connect to the cluster this process runs in (``RAY_ADDRESS`` / a job submission), or start an
     embedded local one."""
@@ -51,6 +64,10 @@ def ensure_ray() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     env = {k: os.environ[k] for k in PASS_ENV if os.environ.get(k)}
     env.update(WORKER_ENV)
+    # Inside `ray job submit --runtime-env-json ...` the job's env vars already reach every worker, and
+    # ray.init refuses a driver runtime env that sets the same keys: leave those to the job.
+    job_env = _submitted_job_env_vars()
+    env = {k: v for k, v in env.items() if k not in job_env}
     ray.init(runtime_env={"env_vars": env}, log_to_driver=True, include_dashboard=False,
              configure_logging=True, logging_level=logging.WARNING)
     quiet_ray_data()
