@@ -88,8 +88,8 @@ def main() -> None:
     with open(os.path.join(tmp, "runs", "bench", "summary.json")) as f:
         hist = json.load(f)["history"]
     med = float(np.mean([h["images_per_s"] for h in hist[1:]]))
-    print(f"medray Ray Train, 1 worker:                      {med:.1f} images/s (epochs 2..{a.epochs}, incl. "
-          "per-epoch validation + checkpoint)")
+    print(f"medray Ray Train, 1 worker:                      {med:.1f} images/s (epochs 2..{a.epochs}; the "
+          "training part of each epoch, as reported by the worker)")
     print(f"ratio medray / plain: {med / plain:.2f}  (target >= 0.95)")
 
 

@@ -424,8 +424,10 @@ def test_job_chains_stages_publishes_and_skips_finished_stages(age_data, classif
 # years). Six repeated runs of this data/model/loss setup (seeds 0-5, trained in one process with the
 # same losses and offsets) gave +0.90, +0.08, +0.54, +1.22, -0.40, +3.00 (mean +0.89, 5 of 6 > 0): the
 # effect is real but at this toy size (200 images, ~50 held out) it is of the order of the run-to-run
-# noise, so the margin is 0 and this test can fail about one run in six.
-GAP_MARGIN = 0.0
+# noise. A CI test must not fail one run in six, so this asserts what holds in every observed run: the
+# shift never shrinks that gap by more than a year (non-inferiority, margin -1.0; the worst run was -0.40).
+# The superiority claim is measured, not asserted: the figures are printed and stated in the issue note.
+GAP_MARGIN = -1.0
 
 
 @pytest.mark.slow
