@@ -207,7 +207,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             loss = F.cross_entropy(logits.float(), y, weight=weight, label_smoothing=cfg.data.label_smoothing)
             (loss / accum).backward()
             if (i + 1) % accum == 0:
-                _step(cfg, model, opt, sched)
+                loop.optimizer_step(cfg.optim, model, opt, sched)
                 state.step += 1
                 n_steps += 1
             sums["loss"] += float(loss) * len(y)
@@ -215,7 +215,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             sums["correct"] += float((logits.argmax(1) == y).sum())
             w.step_progress(epoch, i + 1, steps_per_epoch * accum, float(loss))
         if (i + 1) % accum != 0:  # leftover micro-batches of the epoch
-            _step(cfg, model, opt, sched)
+            loop.optimizer_step(cfg.optim, model, opt, sched)
             state.step += 1
             n_steps += 1
         train_s = time.time() - w._t_epoch
@@ -230,24 +230,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "resumed_from_epoch": state.resumed_from_epoch if state.resumed_from_epoch is not None else -1,
         }
         state.epoch = epoch + 1
-        m = metrics.get(cfg.run.metric)
-        if isinstance(m, float) and not math.isnan(m):
-            better = state.best is None or (m < state.best if cfg.run.mode == "min" else m > state.best)
-            state.best = m if better else state.best
+        state.update_best(metrics.get(cfg.run.metric), cfg.run.mode)
         metrics["images_per_s"] = tr["n"] / max(1e-9, train_s)  # training throughput (validation excluded)
         w.epoch_line(epoch, cfg.optim.epochs, n_steps, int(tr["n"]), metrics, cfg.run.metric)
         state.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         w.report(metrics, state, {"model": model}, opt, sched)
 
-
-def _step(cfg: Config, model, opt, sched) -> None:
-    import torch
-
-    if cfg.optim.clip_grad_norm:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
-    opt.step()
-    sched.step()
-    opt.zero_grad(set_to_none=True)
 
 
 def evaluate_shard(w, model, val_it, label: str, n_cls: int, bs: int) -> dict[str, float]:

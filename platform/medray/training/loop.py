@@ -71,6 +71,22 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from_epoch: int | None = None  # set when this worker group resumed from a checkpoint
 
+    def update_best(self, value: Any, mode: str) -> None:
+        """Keep the best value of the run's metric (``mode`` "min" or "max"); NaN/non-floats are ignored."""
+        if isinstance(value, float) and not math.isnan(value):
+            if self.best is None or (value < self.best if mode == "min" else value > self.best):
+                self.best = value
+
+
+def optimizer_step(optim, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> None:
+    """One optimizer step: optional gradient clipping (``optim.clip_grad_norm``), step, scheduler step,
+    zero the gradients."""
+    if optim.clip_grad_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), optim.clip_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
 
 def build_optimizer(optim, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]

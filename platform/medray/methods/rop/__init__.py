@@ -336,10 +336,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics.update(restored)
         metrics["resumed_from_epoch"] = state.resumed_from_epoch if state.resumed_from_epoch is not None else -1
         state.epoch = epoch + 1
-        m = metrics.get(cfg.run.metric)
-        if isinstance(m, float) and not math.isnan(m):
-            better = state.best is None or (m < state.best if cfg.run.mode == "min" else m > state.best)
-            state.best = m if better else state.best
+        state.update_best(metrics.get(cfg.run.metric), cfg.run.mode)
         metrics["images_per_s"] = (tr["n_l"] + tr["n_u"]) / max(1e-9, time.time() - w._t_epoch)
         w.epoch_line(epoch, cfg.optim.epochs, spe, int(tr["n_l"] + tr["n_u"]), metrics, cfg.run.metric)
         state.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
