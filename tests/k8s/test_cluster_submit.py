@@ -127,6 +127,19 @@ def _wait(check, procs, tmp_path, what, timeout=300):
             time.sleep(1)
 
 
+def _submit(cmd, env, timeout, agent_wait_s=180):
+    """`ray job submit`, retried while the head's job agent has not registered yet: on a loaded machine
+    the dashboard answers before its agent does, and the job server then refuses the submission (HTTP
+    500 "No available agent", nothing created) instead of waiting."""
+    deadline = time.time() + agent_wait_s
+    while True:
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        if out.returncode == 0 or "No available agent" not in out.stdout + out.stderr or time.time() > deadline:
+            return out
+        print("[test] the job agent is not up yet; submitting again in 5 s", flush=True)
+        time.sleep(5)
+
+
 @pytest.mark.slow
 def test_ray_job_submit_trains_on_both_nodes_with_s3_storage(two_node_cluster, s3_bucket, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
@@ -152,11 +165,11 @@ def test_ray_job_submit_trains_on_both_nodes_with_s3_storage(two_node_cluster, s
     runtime_env = {"env_vars": {**{k: os.environ[k] for k in AWS_KEYS}, "MEDRAY_SUBMITTED": "1",
                                 "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
                                 "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}}
-    out = subprocess.run(
+    out = _submit(
         [str(BIN / "ray"), "job", "submit", "--address", address, "--submission-id", "medray-two-nodes",
          "--working-dir", str(work), "--runtime-env-json", json.dumps(runtime_env),
          "--", str(BIN / "medray"), "train", "jobs/toy.yaml", "optim.lr=0.002"],
-        env=env, capture_output=True, text=True, timeout=540,
+        env=env, timeout=540,
     )
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-5000:]
