@@ -6,7 +6,7 @@ memory (the fastest possible input); medray runs ``medray train`` machinery end 
 shard -> ``iter_torch_batches`` -> DDP-ready worker loop -> per-epoch all-reduce and checkpoint. The
 first epoch of each is a warm-up and is excluded; the images/s of the remaining epochs are compared.
 
-    python benchmarks/train_overhead.py [--model resnet18] [--size 128] [--n 256] [--epochs 4]
+    python benchmarks/train_overhead.py [--model resnet18] [--size 96] [--n 640] [--epochs 3]
 
 The ratio printed is medray images/s / plain images/s (target >= 0.95).
 """
@@ -25,9 +25,9 @@ import numpy as np
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="resnet18")
-    ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--n", type=int, default=256)
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--size", type=int, default=96)
+    ap.add_argument("--n", type=int, default=640)
+    ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=16)
     a = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -81,7 +81,7 @@ def main() -> None:
         "method": "classify", "model": {"name": a.model},
         "data": {"manifests": [uri], "image_size": a.size, "cache": True, "augment": {}},
         "optim": {"epochs": a.epochs, "batch_size": a.batch_size, "lr": 1e-3, "scheduler": "none"},
-        "scaling": {"num_workers": 1, "cpus_per_worker": cpus - 0.5, "use_gpu": "auto"},
+        "scaling": {"num_workers": 1, "cpus_per_worker": cpus, "use_gpu": "auto"},
         "run": {"name": "bench", "storage_path": os.path.join(tmp, "runs"), "metric": "val_loss"},
     })
     run_job(job)

@@ -531,6 +531,32 @@ def test_reduced_jpeg_decode_size(h, w, target, expected):
     assert np.abs(full.astype(int) - out).mean() < 6
 
 
+@pytest.mark.parametrize("how, scale", [("pad", 4), ("crop", 2), ("stretch", 2)])
+def test_decode_with_size_drafts_only_as_far_as_the_resize_needs(how, scale):
+    """A 2196x1958 fundus-sized JPEG to 512 px: letterboxing fits the LONGER side (549 px at 1/4 is
+    enough), cropping and stretching need the shorter side too (489 px at 1/4 is not: 1/2)."""
+    assert imageio._draft_scale(2196, 1958, *imageio._resized_dims(2196, 1958, 512, how)) == scale
+    data = _save(Image.fromarray(_smooth(1958, 2196)), "JPEG")
+    fast = imageio.decode(data, size=512, how=how)
+    exact = imageio.resize(imageio.decode(data), 512, how=how)
+    assert fast.shape == exact.shape == (512, 512, 3)
+    assert np.abs(fast.astype(int) - exact).mean() < 3  # the same picture: the resize never enlarges
+
+
+def test_decode_with_size_sizes_the_draft_in_stored_orientation():
+    """EXIF orientation 6 (stored 1958 wide x 2196 high, shown 2196 x 1958): the draft is still 1/4 for
+    pad, and the letterbox comes out in display orientation."""
+    im = Image.fromarray(_smooth(2196, 1958))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", exif=exif.tobytes())
+    out = imageio.decode(buf.getvalue(), size=(256, 512), how="pad")
+    assert out.shape == (256, 512, 3)
+    ref = imageio.resize(imageio.decode(buf.getvalue()), (256, 512), how="pad")
+    assert np.abs(out.astype(int) - ref).mean() < 3
+
+
 def test_target_does_not_change_non_jpeg():
     data = _save(Image.fromarray(_smooth(600, 800)), "PNG")
     assert imageio.decode(data, target=100).shape == (600, 800, 3)

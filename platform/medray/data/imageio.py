@@ -318,13 +318,22 @@ def _pil_to_array(im: Image.Image, mode: Mode) -> np.ndarray:
     return np.asarray(im.convert(mode))
 
 
-def _draft_scale(w: int, h: int, target: int) -> int:
-    """Largest JPEG DCT scale (1, 2, 4, 8) whose reduced image keeps its shorter side >= target."""
-    short = min(w, h)
+def _draft_scale(w: int, h: int, need_w: int, need_h: int) -> int:
+    """Largest JPEG DCT scale (1, 2, 4, 8) whose reduced image is still >= ``need_w`` x ``need_h``
+    (so the resize after it only ever shrinks: no quality is traded for the speed)."""
     for s in (8, 4, 2):
-        if -(-short // s) >= target:  # Pillow's reduced size is ceil(size / s)
+        if -(-w // s) >= need_w and -(-h // s) >= need_h:  # Pillow's reduced size is ceil(size / s)
             return s
     return 1
+
+
+def _resized_dims(w: int, h: int, size: int | tuple[int, int], how: str) -> tuple[int, int]:
+    """(width, height) the image itself is scaled to by :func:`resize` (before any pad or crop)."""
+    th, tw = (size, size) if isinstance(size, int) else size
+    if how == "stretch":
+        return tw, th
+    s = min(th / h, tw / w) if how == "pad" else max(th / h, tw / w)
+    return max(1, round(w * s)), max(1, round(h * s))
 
 
 def decode(
@@ -347,8 +356,10 @@ def decode(
             >= ``target`` (the caller resizes afterwards). Truncation is still detected.
         max_pixels: refuse images with more pixels than this, before decoding.
         size: if set, also resize to this size (see :func:`resize`, ``how``) — done on the Pillow
-            image before it becomes an array (one copy less; with ``target`` this is the fast path
-            of every training input pipeline). ``target`` defaults to the size's shorter side.
+            image before it becomes an array (one copy less). Without ``target``, a JPEG is decoded
+            at the smallest DCT scale that still covers what ``how`` scales the image to (for
+            ``pad`` the longer side decides, for ``crop`` the shorter, for ``stretch`` both), so
+            the resize only shrinks: the fast path of every training input pipeline.
 
     Raises:
         EmptyFileError, TruncatedImageError, CorruptImageError, UnsupportedImageError,
@@ -358,11 +369,10 @@ def decode(
         raise ValueError(f"mode must be 'RGB', 'L' or 'keep', not {mode!r}")
     if not data:
         raise EmptyFileError(name, "file is empty (0 bytes)")
-    if size is not None:
+    if size is not None and mode == "keep":
         if target is None:
             target = size if isinstance(size, int) else min(size)
-        if mode == "keep":
-            return resize(decode(data, name, mode=mode, target=target, max_pixels=max_pixels), size, how)
+        return resize(decode(data, name, mode=mode, target=target, max_pixels=max_pixels), size, how)
     fmt = sniff_format(data)
     if fmt == "dicom" and size is not None:
         return resize(decode(data, name, mode=mode, max_pixels=max_pixels), size, how)
@@ -384,8 +394,14 @@ def decode(
     try:
         w, h = im.size
         _check_pixels(name, w, h, max_pixels)
-        if target and im.format in ("JPEG", "MPO"):
-            s = _draft_scale(w, h, int(target))
+        if (target or size is not None) and im.format in ("JPEG", "MPO"):
+            if target:
+                s = _draft_scale(w, h, int(target), int(target))
+            else:
+                # orientations 5-8 transpose the stored pixels: size the draft in stored orientation
+                turned = _orientation(im, data) >= 5
+                nw, nh = _resized_dims(h if turned else w, w if turned else h, size, how)
+                s = _draft_scale(w, h, *((nh, nw) if turned else (nw, nh)))
             if s > 1:
                 # an RGB JPEG wanted in grey decodes its luma plane only
                 im.draft("L" if mode == "L" else im.mode, (w // s, h // s))

@@ -204,11 +204,10 @@ def build_datasets(job: Config) -> tuple[dict[str, Any], dict[str, Any]]:
     if n_train == 0:
         raise ConfigError(f"data.train_splits: no rows with an age in {job.data.train_splits} of {job.data.manifests}")
     spec = pipeline.DecodeSpec(job.data.image_size, job.data.mode, job.data.resize)
-    fs, path = storage.pyarrow_filesystem(off_uri, job.storage.s3)
     keep = ("age", "dy", "r")
 
     def one(splits):
-        ds = ray.data.read_parquet(path, filesystem=fs, columns=["image", "split", *keep])
+        ds = pipeline.read_parquet(off_uri, job.storage.s3, columns=["image", "split", *keep])
         ds = ds.filter(expr=pipeline._split_expr(splits)).filter(expr=col("age").is_not_null())
         return ds.map_batches(pipeline.decode_batch, fn_kwargs={"spec": spec, "keep": keep, "s3": job.storage.s3},
                               batch_size=job.data.decode_batch_size, batch_format="numpy")
@@ -282,10 +281,9 @@ def stage_evaluate(job: Config, card: dict[str, Any]) -> dict[str, Any]:
     out = stage_uri(job, "evaluate")
     weights = storage.read_bytes(storage.join(stage_uri(job, "train"), "best_model.safetensors"), job.storage.s3)
     off_uri = storage.join(stage_uri(job, "offsets"), "offsets.parquet")
-    fs, path = storage.pyarrow_filesystem(off_uri, job.storage.s3)
     cols = _read_parquet(off_uri, job.storage.s3, columns=None).column_names
     keep = [c for c in ("image", "patient_id", "split", "age", "disease", "r", "T_a", "M_a", "dy") if c in cols]
-    ds = ray.data.read_parquet(path, filesystem=fs, columns=keep)
+    ds = pipeline.read_parquet(off_uri, job.storage.s3, columns=keep)
     from ray.data.expressions import col
 
     ds = ds.filter(expr=pipeline._split_expr(job.data.eval_splits)).filter(expr=col("age").is_not_null())

@@ -80,10 +80,9 @@ def _fs(uri: str, s3: Any):
 
 
 def read_parquet_dir(uri: str, s3: Any):
-    import ray.data
+    from medray.data import pipeline
 
-    fs, path = _fs(uri, s3)
-    return ray.data.read_parquet(path, filesystem=fs)
+    return pipeline.read_parquet(uri, s3)
 
 
 def write_parquet_dir(ds, uri: str, s3: Any) -> None:
