@@ -26,7 +26,7 @@ def test_trained_classifier_served_and_evaluated(ray_cluster, serve_http, tmp_pa
     job = parse_job({
         "method": "classify", "model": {"name": "tiny"},
         "data": {"manifests": [manifest], "image_size": 48, "decode_batch_size": 16},
-        "optim": {"epochs": 3, "batch_size": 8, "lr": 0.003, "warmup_epochs": 0.5},
+        "optim": {"epochs": 6, "batch_size": 8, "lr": 0.001, "warmup_epochs": 0.5},
         "scaling": {"num_workers": 2, "cpus_per_worker": 0.5},
         "run": {"name": "toy_served", "storage_path": str(tmp_path / "runs"), "metric": "val_acc", "mode": "max",
                 "checkpoints_to_keep": 1, "catalog": str(tmp_path / "catalog")},
