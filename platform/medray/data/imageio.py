@@ -394,19 +394,21 @@ def decode(
     try:
         w, h = im.size
         _check_pixels(name, w, h, max_pixels)
+        orientation = None  # parsed once, here when the draft needs it, else after load
         if (target or size is not None) and im.format in ("JPEG", "MPO"):
             if target:
                 s = _draft_scale(w, h, int(target), int(target))
             else:
                 # orientations 5-8 transpose the stored pixels: size the draft in stored orientation
-                turned = _orientation(im, data) >= 5
+                orientation = _orientation(im, data)
+                turned = orientation >= 5
                 nw, nh = _resized_dims(h if turned else w, w if turned else h, size, how)
                 s = _draft_scale(w, h, *((nh, nw) if turned else (nw, nh)))
             if s > 1:
                 # an RGB JPEG wanted in grey decodes its luma plane only
                 im.draft("L" if mode == "L" else im.mode, (w // s, h // s))
         im.load()
-        if _orientation(im, data) != 1:
+        if (orientation if orientation is not None else _orientation(im, data)) != 1:
             im = ImageOps.exif_transpose(im)
         if size is None:
             return _pil_to_array(im, mode)
