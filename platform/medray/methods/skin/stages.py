@@ -79,12 +79,6 @@ def _fs(uri: str, s3: Any):
     return storage.pyarrow_filesystem(uri, s3)
 
 
-def read_parquet_dir(uri: str, s3: Any):
-    from medray.data import pipeline
-
-    return pipeline.read_parquet(uri, s3)
-
-
 def write_parquet_dir(ds, uri: str, s3: Any) -> None:
     fs, path = _fs(uri, s3)
     ds.write_parquet(path, filesystem=fs)
@@ -526,6 +520,8 @@ def labelled_clean(job: Config, splits: list[str], size: int, out_label: str = "
 def stage3_classifier(job: Config, classes: list[str], counts: dict[str, Any]) -> dict[str, Any]:
     import ray
 
+    from medray.data import pipeline
+
     stage = "3_classifier"
     c, d = job.classifier, job.data
     k = len(classes)
@@ -548,7 +544,7 @@ def stage3_classifier(job: Config, classes: list[str], counts: dict[str, Any]) -
     # pseudo-labels (argmax + its probability) for every full-set row, next to its heatmap
     say("stage 3/5: pseudo-labelling the full set")
     gpu = ray.cluster_resources().get("GPU", 0) >= 1
-    src = read_parquet_dir(storage.join(stage_uri(job, "2_foreground"), "heatmaps"), job.storage.s3)
+    src = pipeline.read_parquet(storage.join(stage_uri(job, "2_foreground"), "heatmaps"), job.storage.s3)
     ds = src.map_batches(
         ClassifyBatch,
         fn_constructor_kwargs={"weights_uri": storage.join(stage_uri(job, stage), "model.safetensors"),
@@ -657,9 +653,11 @@ def ranked_sample(pred: np.ndarray, prob: np.ndarray, quotas: np.ndarray) -> np.
 def stage4_sample(job: Config, classes: list[str], counts: dict[str, Any]) -> dict[str, Any]:
     from ray.data.expressions import col
 
+    from medray.data import pipeline
+
     k = len(classes)
     s3 = job.storage.s3
-    pseudo = read_parquet_dir(storage.join(stage_uri(job, "3_classifier"), "pseudo"), s3)
+    pseudo = pipeline.read_parquet(storage.join(stage_uri(job, "3_classifier"), "pseudo"), s3)
     avail = np.zeros(k, np.int64)
     for row in pseudo.groupby("pred").count().take_all():
         avail[int(row["pred"])] = int(row["count()"])
@@ -814,6 +812,7 @@ def classifier_loop(config: dict[str, Any]) -> None:
 
 def stage5_second(job: Config, classes: list[str], counts: dict[str, Any], scale: dict[str, Any],
                   sample_info: dict[str, Any]) -> dict[str, Any]:
+    from medray.data import pipeline
     from medray.training import launcher
 
     stage = "5_classifier"
@@ -823,7 +822,7 @@ def stage5_second(job: Config, classes: list[str], counts: dict[str, Any], scale
     n_train = int(sample_info["total"])
     say(f"stage 5/5 second training: {n_train} sampled rows (pseudo-labels), heatmap channel with q={s.q}, "
         f"init {s.init}")
-    train = read_parquet_dir(storage.join(stage_uri(job, "4_sample"), "rows"), job.storage.s3).map_batches(
+    train = pipeline.read_parquet(storage.join(stage_uri(job, "4_sample"), "rows"), job.storage.s3).map_batches(
         sample_batch, fn_kwargs={"size": res, "how": d.resize, "s3": job.storage.s3},
         batch_size=d.decode_batch_size, batch_format="numpy")
     val = labelled_clean(job, d.val_splits, res)
