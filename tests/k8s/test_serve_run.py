@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,12 +25,6 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.skipif(not CRD_DIR.is_dir(), reason=f"KubeRay CRDs not found at {CRD_DIR}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stop(proc: subprocess.Popen) -> str:
@@ -56,7 +49,7 @@ def test_rendered_serve_config_runs_with_serve_run(s3_endpoint, shared_data, tmp
     import requests
 
     from medray.catalog import Catalog
-    from serve.conftest import tiny_card, tiny_weights
+    from serve.conftest import free_port, tiny_card, tiny_weights
 
     settings = Settings.load(REPO)
     cfg = serve_config_v2(settings, REPO / "serve" / "quickstart.yaml")
@@ -69,7 +62,7 @@ def test_rendered_serve_config_runs_with_serve_run(s3_endpoint, shared_data, tmp
     Catalog(catalog).publish(tiny_card("fundus_disease", ["normal", "disease"], task="classify"),
                              {"weights": tiny_weights(2, seed=1)})
 
-    port = _free_port()
+    port = free_port()
     cfg["http_options"]["port"] = port
     path = tmp_path / "quickstart.rendered.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
