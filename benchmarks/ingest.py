@@ -7,8 +7,9 @@ behind a ``DataLoader`` with as many worker processes as CPUs. medray streams th
 Data and decodes in ``map_batches`` exactly as ``jobs/fundus_disease.yaml`` does (letterbox ``pad``
 to 512 x 512, the aspect ratio kept), with reduced-size JPEG decoding (Pillow ``draft`` at the
 smallest DCT scale that still covers the letterboxed size, so nothing is upsampled), on the same
-number of CPUs. The baseline's plain stretch is the cheaper resize of the two. Each side first runs one warm-up pass; then the images are read ``--repeat`` times
-and the throughput (images/s) is printed with the ratio medray / baseline.
+number of CPUs. The baseline's plain stretch is the cheaper resize of the two. Each side first runs
+one warm-up pass; then the images are read ``--repeat`` times and the throughput (images/s) is
+printed with the ratio medray / baseline.
 
     python benchmarks/ingest.py [--data ../shared/data] [--repeat 12] [--size 512]
 """
