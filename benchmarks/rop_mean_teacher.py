@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2, 0.5])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=15)
-    ap.add_argument("--model", default="tiny")
+    ap.add_argument("--model", default="tiny_effnet")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--cpus-per-worker", type=float, default=1.0)
     ap.add_argument("--num-cpus", type=int, default=None, help="local Ray cluster size (default: all)")
@@ -64,12 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         synth("rop", args.n, str(manifest), seed=args.data_seed, size=args.size)
     res_path = out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else []
-    done = {(r["fraction"], r["mode"], r["seed"], r.get("epochs")) for r in results}
+    done = {(r["fraction"], r["mode"], r["seed"], r.get("epochs"), r.get("model"), r.get("lr")) for r in results}
     if not ray.is_initialized() and not args.report_only:
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     runs = [(f, s, m) for f in args.fractions for s in args.seeds for m in ("supervised", "mean_teacher")]
     for i, (frac, seed, mode) in enumerate(runs):
-        if (frac, mode, seed, args.epochs) in done or args.report_only:
+        if (frac, mode, seed, args.epochs, args.model, args.lr) in done or args.report_only:
             continue
         name = f"{mode}_f{frac:g}_s{seed}_e{args.epochs}"
         job = validate(Config, {
@@ -88,14 +88,16 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         print(f"[{i + 1}/{len(runs)}] {name}", flush=True)
         o = run_job(job)
-        row = {"fraction": frac, "mode": mode, "seed": seed, "epochs": args.epochs, "seconds": round(time.time() - t0, 1),
+        row = {"fraction": frac, "mode": mode, "seed": seed, "epochs": args.epochs, "model": args.model, "lr": args.lr,
+               "seconds": round(time.time() - t0, 1),
                **{k: v for k, v in o["test_metrics"].items() if isinstance(v, (int, float))},
                "val_kappa": o["metrics"].get("val_kappa")}
         print(f"    test kappa {row['test_kappa']:.4f} acc {row['test_acc']:.4f} auc {row['test_auc']:.4f} "
               f"({row['seconds']} s)", flush=True)
         results.append(row)
         res_path.write_text(json.dumps(results, indent=1))
-    rows = [r for r in results if r.get("epochs") == args.epochs and r["fraction"] in args.fractions]
+    rows = [r for r in results if r.get("epochs") == args.epochs and r.get("model") == args.model
+            and r.get("lr") == args.lr and r["fraction"] in args.fractions]
     if not rows:
         print("no results yet")
         return 1

@@ -11,7 +11,7 @@ Results accumulate in ``OUT/results.json`` (a re-run skips seeds already done); 
 holds the per-seed figures and the paired difference (stage 5 - stage 3, same seed, mean and std);
 ``OUT/stage5_vs_stage3.png`` plots them.
 
-    .venv/bin/python benchmarks/skin_stages.py [--seeds 0 1 2] [--n 600] [--epochs 12] [--out runs/bench/skin]
+    .venv/bin/python benchmarks/skin_stages.py [--seeds 0 1 2] [--n 600] [--epochs 20] [--regressor-epochs 60] [--out runs/bench/skin]
 
 Not a test: minutes per seed on 2 CPUs.
 """
@@ -32,13 +32,14 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
-def job_dict(manifest: str, runs: str, name: str, epochs: int, size: int, workers: int) -> dict:
+def job_dict(manifest: str, runs: str, name: str, epochs: int, size: int, workers: int,
+             regressor_epochs: int = 60) -> dict:
     opt = {"epochs": epochs, "batch_size": 16, "lr": 0.002}
     return {
         "method": "skin",
         "data": {"manifest": manifest, "decode_batch_size": 16},
         "regressor": {"backbone": "test_convnext", "image_size": size, "head_channels": 16, "out_stride": 4,
-                      "optim": {**opt, "lr": 0.003}},
+                      "optim": {**opt, "epochs": regressor_epochs, "lr": 0.003}},
         "foreground": {"downsample": 8, "batch_size": 32, "num_cpus": 0.5},
         # phi -3: the budget's compound scaling at 64 px base gives a ~45 px, 2.1 M-parameter EfficientNetV2
         "classifier": {"budget": {"max_params_m": 3.0, "max_gflops": 0.2}, "base_resolution": size,
@@ -79,7 +80,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--n", type=int, default=600, help="generated images per seed")
     ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=20, help="epochs of the two classifier stages")
+    ap.add_argument("--regressor-epochs", type=int, default=60,
+                    help="epochs of the stage-1 heatmap regressor (its box set is small: few steps per epoch)")
     ap.add_argument("--noise", type=float, default=0.3, help="label-noise rate of the full set")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "skin"))
@@ -97,14 +100,15 @@ def main() -> None:
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
     ray.init(num_cpus=max(4, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
     for seed in a.seeds:
-        key = f"seed{seed}_n{a.n}_s{a.size}_e{a.epochs}_noise{a.noise}"
+        key = f"seed{seed}_n{a.n}_s{a.size}_e{a.epochs}_r{a.regressor_epochs}_noise{a.noise}"
         if key in results:
             print(f"[bench] {key}: done before, skipped", flush=True)
             continue
         t0 = time.time()
         data = synth("skin", a.n, str(out / key / "skin.parquet"), seed=seed, size=a.size, n_classes=3,
                      box_frac=0.15, clean_frac=0.25, noise=a.noise, val=0.2, test=0.2)
-        job = parse_job(job_dict(data["manifest"], str(out / key / "runs"), "skin", a.epochs, a.size, a.workers),
+        job = parse_job(job_dict(data["manifest"], str(out / key / "runs"), "skin", a.epochs, a.size, a.workers,
+                                 a.regressor_epochs),
                         source="benchmarks/skin_stages.py")
         run_job(job)
         m = json.loads((out / key / "runs" / "skin" / "evaluate" / "metrics.json").read_text())["sets"]
@@ -114,7 +118,7 @@ def main() -> None:
         results[key] = row
         res_path.write_text(json.dumps(results, indent=1))
         print(f"[bench] {key}: {row}", flush=True)
-    rows = [results[k] for k in results if k.endswith(f"_n{a.n}_s{a.size}_e{a.epochs}_noise{a.noise}")]
+    rows = [results[k] for k in results if k.endswith(f"_n{a.n}_s{a.size}_e{a.epochs}_r{a.regressor_epochs}_noise{a.noise}")]
     summary: dict = {"config": vars(a), "runs": rows}
     print(f"\n{'seed':>4} | clean test bal_acc s3 -> s5 | full test (true labels) s3 -> s5")
     for r in rows:

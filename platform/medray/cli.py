@@ -27,7 +27,7 @@ import os
 import sys
 from typing import Any, Callable
 
-from medray.errors import MedrayError
+from medray.errors import ConfigError, MedrayError
 
 
 def _print_json(obj: Any) -> None:
@@ -142,7 +142,14 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_quickstart(a: argparse.Namespace) -> int:
     from medray.quickstart import run_quickstart
 
-    run_quickstart(a.data, a.out, train=not a.no_train)
+    steps = [x.strip() for x in a.steps.split(",") if x.strip()] if a.steps else None
+    overrides: dict[str, list[str]] = {}
+    for item in a.set or []:
+        step, sep, kv = item.partition(":")
+        if not sep or "=" not in kv:
+            raise ConfigError(f"--set {item!r}: expected STEP:key.path=value (e.g. retinal_age:optim.epochs=20)")
+        overrides.setdefault(step, []).append(kv)
+    run_quickstart(a.data, a.out, train=not a.no_train, steps=steps, full=a.full, overrides=overrides)
     return 0
 
 
@@ -297,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of the public samples")
     x.add_argument("--out", default="runs", help="where manifests, runs, catalogue, reports go")
     x.add_argument("--no-train", action="store_true", help="only ingest + validate + summarise")
+    x.add_argument("--steps", default=None,
+                   help="comma-separated subset of: data,fundus_disease,retinal_age,oct,skin,rop,serve (default: all)")
+    x.add_argument("--full", action="store_true",
+                   help="train with the job files as they are (GPU cluster); default: toy-size overrides for a CPU laptop")
+    x.add_argument("--set", action="append", metavar="STEP:KEY=VALUE",
+                   help="an override for one training step, e.g. retinal_age:optim.epochs=20 (repeatable)")
     x.set_defaults(fn=cmd_quickstart)
     return p
 

@@ -13,6 +13,8 @@ import torch
 
 from medray.methods.retinal_age import losses, offsets
 from medray.methods.retinal_age.offsets import OffsetSpec
+from medray.methods.retinal_age.study import age_job, classifier_job
+from medray.methods.retinal_age.study import make_data as make_age_data
 
 # --------------------------------------------------------------------------------------------
 # offsets
@@ -146,6 +148,13 @@ def test_offsets_table_uses_train_split_stats_and_audits():
     assert dy[n:] == [3, 0, 0]  # test rows use the train split's T/M; a null age is never shifted
     with pytest.raises(Exception, match="no rows"):
         offsets.offsets_table(t, OffsetSpec(stats_splits=["nothing"]))
+    # a missing age that arrives as NaN (a null that went through numpy in stage 1) leaves as a null,
+    # so training and evaluation, which drop rows without an age, drop it (a NaN target made NaN weights)
+    nan_row = pa.table({"age": pa.array([float("nan")], pa.float32()), "r": [0.5], "split": ["train"]})
+    t32 = t.set_column(0, "age", t["age"].cast(pa.float32()))
+    audit, _ = offsets.offsets_table(pa.concat_tables([t32, nan_row]), OffsetSpec(p=0.05))
+    assert audit["age"].type == pa.float32() and audit["age"].null_count == 1 and audit["age"][n].as_py() is None
+    assert audit["dy"][n].as_py() == 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,62 +287,6 @@ def test_config_validation_names_the_field(tmp_path):
 
 # --------------------------------------------------------------------------------------------
 # end to end on generated fundus images (real Ray cluster)
-
-
-def make_age_data(root: str, n: int = 200, seed: int = 0, size: int = 32, s3=None) -> tuple[str, str]:
-    """``fundus_age`` images (ages 40-60, 35 % with an aging disease that makes the eye look 6-16 years
-    older) and a ``fundus_disease`` manifest over the SAME image files (label = the disease flag)."""
-    from medray import storage
-    from medray.data import manifest
-    from medray.data.synth import synth
-
-    age_uri = storage.join(root, "age.parquet")
-    synth("fundus_age", n, age_uri, seed=seed, size=size, s3=s3, age_range=[40.0, 60.0], disease_rate=0.35,
-          image_format="png")
-    t = manifest.read_manifest(age_uri, s3=s3)
-    rows = [{k: r[k] for k in ("image", "patient_id", "eye", "width", "height", "split", "dataset")} | {"label": int(r["disease"])}
-            for r in t.to_pylist()]
-    dis_uri = storage.join(root, "disease.parquet")
-    manifest.write_manifest(rows, dis_uri, "fundus_disease", ["normal", "disease"], s3=s3)
-    return age_uri, dis_uri
-
-
-def classifier_job(dis_uri: str, storage_path: str, catalog: str, name: str = "disease_clf", epochs: int = 6):
-    from medray.config import validate
-    from medray.methods.classify import Config as ClassifyConfig
-
-    return validate(ClassifyConfig, {
-        "method": "classify", "model": {"name": "tiny_effnet"},
-        "data": {"manifests": [dis_uri], "image_size": 32, "decode_batch_size": 32,
-                 "augment": {"enabled": False}},
-        "optim": {"epochs": epochs, "batch_size": 16, "lr": 0.01},
-        "scaling": {"num_workers": 1, "cpus_per_worker": 0.5},
-        "run": {"name": name, "storage_path": storage_path, "metric": "val_auc", "mode": "max",
-                "checkpoints_to_keep": 1, "catalog": catalog},
-    }, source="test")
-
-
-def age_job(age_uri: str, storage_path: str, catalog: str, name: str, loss: str = "shifted", epochs: int = 12,
-            workers: int = 2, seed: int = 0, **over):
-    from medray.config import validate
-    from medray.methods.retinal_age import Config
-
-    data = {
-        "method": "retinal_age", "model": {"name": "tiny_effnet"},
-        "data": {"manifests": [age_uri], "image_size": 32, "decode_batch_size": 32, "val_splits": ["val"],
-                 "eval_splits": ["val", "test"], "augment": {"enabled": False}},
-        "responses": {"classifier": "disease_clf", "classifier_catalog": catalog, "batch_size": 64},
-        "offsets": {"p": 0.35, "min_group_size": 8, "pool_window": 1},
-        "head": {"age_min": 35, "age_max": 80, "loss": loss},
-        "optim": {"epochs": epochs, "batch_size": 16, "lr": 0.01, "scheduler": "none"},
-        "scaling": {"num_workers": workers, "cpus_per_worker": 0.5},
-        "run": {"name": name, "storage_path": storage_path, "metric": "val_mae", "mode": "min",
-                "checkpoints_to_keep": 1, "catalog": catalog, "seed": seed},
-    }
-    for k, v in over.items():
-        sec, key = k.split("__")
-        data[sec][key] = v
-    return validate(Config, data, source="test")
 
 
 @pytest.fixture(scope="module")

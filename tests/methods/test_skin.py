@@ -3,7 +3,6 @@ and the five-stage workflow end to end on a tiny generated set with 2 CPU worker
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -269,40 +268,48 @@ def test_wrong_manifest_task_is_a_clear_error(tmp_path):
 # the workflow end to end
 
 
-@pytest.fixture(scope="module")
-def skin_set(tmp_path_factory):
-    from medray.data.synth import synth
+def _table(uri: str):
+    import pyarrow.parquet as pq
 
-    out = tmp_path_factory.mktemp("skin") / "skin.parquet"
-    return synth("skin", 72, str(out), seed=3, size=64, n_classes=3, box_frac=0.3, clean_frac=0.35,
-                 noise=0.3, val=0.2, test=0.2)
+    from medray import storage
+
+    fs, path = storage.pyarrow_filesystem(uri)
+    return pq.read_table(path, filesystem=fs)
 
 
 @pytest.mark.slow
-def test_five_stages_end_to_end_then_rerun_skips(ray_cluster, skin_set, tmp_path, cli):
+def test_five_stages_on_s3_two_workers_end_to_end_then_rerun_skips(ray_cluster, s3_bucket, cli):
+    """The whole workflow with everything on the S3 endpoint: generated images and manifest, every
+    stage's artifacts, the catalogue; 2 CPU workers for the training stages."""
+    import io
+
+    from PIL import Image
+
+    from medray import storage
     from medray.catalog import Catalog
+    from medray.data.synth import synth
     from medray.inference.predictor import load_predictor
     from medray.training.launcher import run_job
 
-    job = parse_job(_job_dict(skin_set["manifest"], str(tmp_path / "runs"), str(tmp_path / "catalog")), source="t")
+    skin_set = synth("skin", 72, f"{s3_bucket}/data/skin.parquet", seed=3, size=64, n_classes=3, box_frac=0.3,
+                     clean_frac=0.35, noise=0.3, val=0.2, test=0.2)
+    assert skin_set["manifest"].startswith("s3://")
+    job = parse_job(_job_dict(skin_set["manifest"], f"{s3_bucket}/runs", f"{s3_bucket}/catalog"), source="t")
+    assert job.scaling.num_workers == 2
     out = run_job(job)
-    run = tmp_path / "runs" / "skin"
+    run = f"{s3_bucket}/runs/skin"
     assert out["ran"] == ["1_regressor", "2_foreground", "3_classifier", "4_sample", "5_classifier", "evaluate"]
     for st in out["ran"]:
-        assert (run / st / "_SUCCESS.json").exists(), st
+        assert storage.exists(f"{run}/{st}/_SUCCESS.json"), st
     # stage artifacts
-    import pyarrow.parquet as pq
-    from PIL import Image
-    import io
-
-    heat = pq.read_table(run / "2_foreground" / "heatmaps")
-    assert heat.num_rows == sum(json.loads((run / "counts.json").read_text())["full_train"])
+    heat = _table(f"{run}/2_foreground/heatmaps")
+    assert heat.num_rows == sum(storage.read_json(f"{run}/counts.json")["full_train"])
     png = Image.open(io.BytesIO(heat.column("heatmap")[0].as_py()))
     assert png.mode == "L" and png.size == (8, 8)  # one channel at 1/8 of 64 px
-    pseudo = pq.read_table(run / "3_classifier" / "pseudo")
+    pseudo = _table(f"{run}/3_classifier/pseudo")
     assert {"pred", "prob", "probs", "heatmap"} <= set(pseudo.column_names)
-    sample = pq.read_table(run / "4_sample" / "rows").to_pandas()
-    info4 = json.loads((run / "4_sample" / "_SUCCESS.json").read_text())
+    sample = _table(f"{run}/4_sample/rows").to_pandas()
+    info4 = storage.read_json(f"{run}/4_sample/_SUCCESS.json")
     assert len(sample) == info4["total"] == sum(info4["quotas"])
     assert np.bincount(sample["pred"], minlength=3).tolist() == info4["quotas"]
     p = pseudo.to_pandas()
@@ -313,15 +320,15 @@ def test_five_stages_end_to_end_then_rerun_skips(ray_cluster, skin_set, tmp_path
             assert kept >= dropped
     for png_name in ("4_sample/class_balance.png", "evaluate/confusion_stage3.png",
                      "evaluate/confusion_stage5.png", "evaluate/heatmaps.png", "1_regressor/curves.png"):
-        assert (run / png_name).stat().st_size > 2000, png_name
-    metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
+        assert len(storage.read_bytes(f"{run}/{png_name}")) > 2000, png_name
+    metrics = storage.read_json(f"{run}/evaluate/metrics.json")
     assert {"stage3", "stage5"} <= set(metrics["sets"]["clean_test"])
     assert "full_test_true_labels" in metrics["sets"]
-    # both published; their predictors work from the catalogue
-    cat = Catalog(str(tmp_path / "catalog"))
+    # both published on S3; their predictors work from the catalogue
+    cat = Catalog(f"{s3_bucket}/catalog")
     loc, clf = cat.get("skin_localiser"), cat.get("skin")
     assert (loc.task, clf.task) == ("skin_heatmap", "skin_classify")
-    img = np.asarray(Image.open(p["image"][0]).convert("RGB"))
+    img = np.asarray(Image.open(io.BytesIO(storage.read_bytes(p["image"][0]))).convert("RGB"))
     r = load_predictor(loc, cat, device="cpu").predict([img])[0]
     assert np.asarray(r["heatmap"]).shape == (16, 16) and r["overlay"][:4] == b"\x89PNG"
     assert all({"x", "y", "class", "score", "rx", "ry"} <= set(pk) for pk in r["peaks"])

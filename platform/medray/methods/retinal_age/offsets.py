@@ -240,6 +240,12 @@ def offsets_table(table, spec: OffsetSpec, age_col: str = "age", response_col: s
     v = np.flatnonzero(valid)
     dy[v], T[v], M[v] = offsets_for(g[v], r[v], stats, spec)
     out = table
+    nan_age = ~np.isfinite(age) & pc.is_valid(table[age_col]).to_numpy(zero_copy_only=False)
+    if nan_age.any():  # a NaN age (a null that went through numpy) becomes null again, so readers that
+        # drop rows without an age (training, evaluation) drop it too
+        i = out.column_names.index(age_col)
+        out = out.set_column(i, age_col, pa.array(np.where(nan_age, 0.0, age), out.schema.field(age_col).type,
+                                                  mask=~np.isfinite(age)))
     for name, arr in (("age_group", pa.array(np.where(valid, g, 0), pa.int32(), mask=~valid)),
                       ("T_a", pa.array(T, pa.float32())), ("M_a", pa.array(M, pa.float32())),
                       ("flagged", pa.array(valid & (r >= np.nan_to_num(T, nan=np.inf)))), ("dy", pa.array(dy, pa.int16()))):

@@ -1,0 +1,181 @@
+"""A controlled study of the disease-aware label shift (METHODS.md §1) on generated fundus images.
+
+The generator gives a known share of eyes an "aging disease" that makes them look 6-16 years older
+than their chronological age. A tiny fundus-disease classifier is trained on the same images (stage-1
+model), then the retinal-age job runs twice on the same responses and offsets: once with the shifted
+loss and once with the unshifted baseline (``head.loss``). The question is the seed's claim: does the
+shift make the model report a larger age gap for the diseased eyes (held-out rows)?
+
+    python -m medray.methods.retinal_age.study --seeds 0 1 2 3 4 [--n 400 --epochs 30] [--out DIR]
+
+Results accumulate in ``OUT/results.json`` (a re-run skips finished seeds); the summary prints the
+per-seed diseased-eye gap of both runs and the paired difference. ``benchmarks/retinal_age_shift.py``
+runs :func:`main`; ``tests/methods/test_retinal_age.py`` uses the same data and job builders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from medray import storage
+
+
+def make_data(root: str, n: int = 200, seed: int = 0, size: int = 32, s3: Any = None,
+              disease_rate: float = 0.35) -> tuple[str, str]:
+    """``fundus_age`` images (ages 40-60, ``disease_rate`` of them with an aging disease that makes the
+    eye look 6-16 years older) and a ``fundus_disease`` manifest over the SAME image files (label = the
+    disease flag). Returns the two manifest URIs."""
+    from medray.data import manifest
+    from medray.data.synth import synth
+
+    age_uri = storage.join(root, "age.parquet")
+    synth("fundus_age", n, age_uri, seed=seed, size=size, s3=s3, age_range=[40.0, 60.0],
+          disease_rate=disease_rate, image_format="png")
+    t = manifest.read_manifest(age_uri, s3=s3)
+    keep = ("image", "patient_id", "eye", "width", "height", "split", "dataset")
+    rows = [{k: r[k] for k in keep} | {"label": int(r["disease"])} for r in t.to_pylist()]
+    dis_uri = storage.join(root, "disease.parquet")
+    manifest.write_manifest(rows, dis_uri, "fundus_disease", ["normal", "disease"], s3=s3)
+    return age_uri, dis_uri
+
+
+def classifier_job(dis_uri: str, storage_path: str, catalog: str, name: str = "disease_clf", epochs: int = 6,
+                   size: int = 32, seed: int = 0):
+    """The stage-1 model: the ``classify`` method on the disease manifest, published as ``name``."""
+    from medray.config import validate
+    from medray.methods.classify import Config as ClassifyConfig
+
+    return validate(ClassifyConfig, {
+        "method": "classify", "model": {"name": "tiny_effnet"},
+        "data": {"manifests": [dis_uri], "image_size": size, "decode_batch_size": 32,
+                 "augment": {"enabled": False}},
+        "optim": {"epochs": epochs, "batch_size": 16, "lr": 0.01},
+        "scaling": {"num_workers": 1, "cpus_per_worker": 0.5},
+        "run": {"name": name, "storage_path": storage_path, "metric": "val_auc", "mode": "max",
+                "checkpoints_to_keep": 1, "catalog": catalog, "seed": seed},
+    }, source="study")
+
+
+def age_job(age_uri: str, storage_path: str, catalog: str, name: str, loss: str = "shifted", epochs: int = 12,
+            workers: int = 2, seed: int = 0, size: int = 32, batch_size: int = 16, **over: Any):
+    """The retinal-age job on the generated set; ``over`` takes ``section__key=value`` overrides."""
+    from medray.config import validate
+    from medray.methods.retinal_age import Config
+
+    data: dict[str, Any] = {
+        "method": "retinal_age", "model": {"name": "tiny_effnet"},
+        "data": {"manifests": [age_uri], "image_size": size, "decode_batch_size": 32, "val_splits": ["val"],
+                 "eval_splits": ["val", "test"], "augment": {"enabled": False}},
+        "responses": {"classifier": "disease_clf", "classifier_catalog": catalog, "batch_size": 64},
+        "offsets": {"p": 0.35, "min_group_size": 8, "pool_window": 1},
+        "head": {"age_min": 35, "age_max": 80, "loss": loss},
+        "optim": {"epochs": epochs, "batch_size": batch_size, "lr": 0.01, "scheduler": "none"},
+        "scaling": {"num_workers": workers, "cpus_per_worker": 0.5},
+        "run": {"name": name, "storage_path": storage_path, "metric": "val_mae", "mode": "min",
+                "checkpoints_to_keep": 1, "catalog": catalog, "seed": seed},
+    }
+    for k, v in over.items():
+        sec, key = k.split("__")
+        data[sec][key] = v
+    return validate(Config, data, source="study")
+
+
+def _summary(ev: dict[str, Any]) -> dict[str, float]:
+    return {"gap_disease": ev["gap_disease"]["mean"], "gap_healthy": ev["gap_healthy"]["mean"],
+            "gap_disease_minus_healthy": ev["gap_disease_minus_healthy"], "mae": ev["mae"],
+            "mae_dy0": ev.get("mae_dy0", float("nan")), "n": ev["n"], "n_disease": ev["gap_disease"]["n"]}
+
+
+def run_pair(root: str, seed: int, n: int, epochs: int, size: int = 32, workers: int = 1, batch_size: int = 8,
+             baseline: str = "mean_variance") -> dict[str, Any]:
+    """Data + classifier + the shifted run + the baseline on the shifted run's stages 1-2 (the same
+    responses and offsets, so only the loss differs). Returns both runs' held-out summaries."""
+    from medray.training.launcher import run_job
+
+    age_uri, dis_uri = make_data(root, n=n, seed=seed, size=size)
+    catalog = storage.join(root, "catalog")
+    runs = storage.join(root, "runs")
+    run_job(classifier_job(dis_uri, runs, catalog, epochs=6, size=size, seed=seed))
+    common = {"epochs": epochs, "workers": workers, "seed": seed, "size": size, "batch_size": batch_size}
+    shifted = run_job(age_job(age_uri, runs, catalog, "age_shifted", loss="shifted", **common))
+    for st in ("responses", "offsets"):
+        dst = Path(root) / "runs" / "age_baseline" / st
+        if not dst.exists():
+            shutil.copytree(Path(root) / "runs" / "age_shifted" / st, dst)
+    base = run_job(age_job(age_uri, runs, catalog, "age_baseline", loss=baseline, **common))
+    return {"shifted": _summary(shifted["evaluation"]), "baseline": _summary(base["evaluation"])}
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    import numpy as np
+
+    d = np.array([r["shifted"]["gap_disease"] - r["baseline"]["gap_disease"] for r in rows])
+    dd = np.array([r["shifted"]["gap_disease_minus_healthy"] - r["baseline"]["gap_disease_minus_healthy"]
+                   for r in rows])
+    out = {"seeds": [r["seed"] for r in rows], "n_runs": len(rows)}
+    for key, v in (("diff_gap_disease", d), ("diff_gap_disease_minus_healthy", dd)):
+        out[key] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                    "min": float(v.min()), "max": float(v.max()), "wins": int((v > 0).sum())}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/bench/retinal_age_shift")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--baseline", default="mean_variance", choices=["mean_variance", "ldl", "l1"])
+    args = ap.parse_args(argv)
+
+    import ray
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    res_path = out / "results.json"
+    results = json.loads(res_path.read_text()) if res_path.exists() else []
+    key = {"n": args.n, "size": args.size, "epochs": args.epochs, "batch_size": args.batch_size,
+           "workers": args.workers, "baseline": args.baseline}
+    done = {r["seed"] for r in results if r["setup"] == key}
+    for seed in args.seeds:
+        if seed in done:
+            continue
+        if not ray.is_initialized():
+            ray.init(include_dashboard=False, log_to_driver=False)
+        root = out / "_".join(f"{k}{v}" for k, v in key.items()) / f"seed{seed}"
+        t0 = time.time()
+        pair = run_pair(str(root), seed, args.n, args.epochs, args.size, args.workers, args.batch_size,
+                        args.baseline)
+        row = {"seed": seed, "setup": key, "seconds": round(time.time() - t0, 1), **pair}
+        s, b = pair["shifted"], pair["baseline"]
+        print(f"seed {seed}: diseased-eye gap shifted {s['gap_disease']:+.2f} vs baseline {b['gap_disease']:+.2f} "
+              f"(diseased - healthy {s['gap_disease_minus_healthy']:+.2f} vs {b['gap_disease_minus_healthy']:+.2f}; "
+              f"MAE {s['mae']:.2f} vs {b['mae']:.2f}; {row['seconds']} s)", flush=True)
+        results.append(row)
+        storage.write_text(str(res_path), json.dumps(results, indent=1))
+    rows = [r for r in results if r["setup"] == key and r["seed"] in args.seeds]
+    if not rows:
+        print("no results")
+        return 1
+    summ = {"setup": key, **summarize(rows)}
+    storage.write_text(str(out / "summary.json"), json.dumps(summ, indent=1))
+    d, dd = summ["diff_gap_disease"], summ["diff_gap_disease_minus_healthy"]
+    print(f"\n{len(rows)} seeds ({key}):")
+    print(f"  diseased-eye gap, shifted - baseline: {d['mean']:+.2f} +- {d['std']:.2f} years "
+          f"(min {d['min']:+.2f}, max {d['max']:+.2f}; shifted larger in {d['wins']}/{len(rows)})")
+    print(f"  diseased - healthy gap, shifted - baseline: {dd['mean']:+.2f} +- {dd['std']:.2f} years "
+          f"(min {dd['min']:+.2f}; larger in {dd['wins']}/{len(rows)})")
+    print(f"results: {res_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
