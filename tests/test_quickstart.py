@@ -1,8 +1,8 @@
 """The README's main job (`medray quickstart`): every training step's job is the repository's job file
 with the quickstart's overrides (checked here without training), and the real-data path end to end on
-the public samples: ingest -> fundus-disease classifier (2 workers, publish, HTML report) -> retinal
-age on the real ODIR + HEI-MED ages -> the fundus-screening preset on Ray Serve answering a real photo
-over HTTP. The generated-data steps (OCT, skin, ROP) run the same `run_job` / `run_study` as their
+the public samples: ingest -> fundus-disease classifier (2 workers, publish, HTML report) -> quality
+gate -> retinal age on the real ODIR + HEI-MED ages -> the fundus-screening preset on Ray Serve
+answering a real photo over HTTP. The generated-data steps (OCT, skin, ROP) run the same `run_job` / `run_study` as their
 own end-to-end tests; here their jobs are built and validated."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from medray.quickstart import QUICK, STEPS, build_job, build_study, run_quicksta
 
 
 @pytest.mark.parametrize("quick", [True, False])
-@pytest.mark.parametrize("step", ["fundus_disease", "retinal_age", "skin", "rop"])
+@pytest.mark.parametrize("step", ["fundus_disease", "quality", "retinal_age", "skin", "rop"])
 def test_every_training_step_builds_a_valid_job(step, quick, tmp_path):
     out = str(tmp_path / "runs")
     job = build_job(step, out, [str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")], quick=quick,
@@ -33,6 +33,8 @@ def test_every_training_step_builds_a_valid_job(step, quick, tmp_path):
         assert job.responses.classifier_catalog == f"{out}/catalog"
     if quick and step == "rop":
         assert job.model.name == "tiny_effnet"
+    if step == "quality":
+        assert job.publish_task == "quality" and job.data.classes == ["ungradable", "gradable"]
     if not quick:  # --full: the job file as it is
         assert job.scaling.num_workers == 2
 
@@ -70,11 +72,12 @@ def test_bad_steps_and_overrides_are_clear_errors(shared_data, tmp_path, cli):
 def test_main_job_real_samples_train_publish_serve(ray_cluster, shared_data, tmp_path, capsys):
     out = tmp_path / "runs"
     tiny = ["model.name=tiny", "data.image_size=64", "optim.epochs=2", "scaling.cpus_per_worker=0.5"]
-    res = run_quickstart(str(shared_data), str(out), steps=["data", "fundus_disease", "retinal_age", "serve"],
-                         overrides={"fundus_disease": tiny, "retinal_age": tiny})
+    res = run_quickstart(str(shared_data), str(out),
+                         steps=["data", "fundus_disease", "quality", "retinal_age", "serve"],
+                         overrides={"fundus_disease": tiny, "retinal_age": tiny, "quality": ["optim.epochs=3"]})
     printed = capsys.readouterr().out
     steps = res["steps"]
-    assert list(steps) == ["data", "fundus_disease", "retinal_age", "serve"]
+    assert list(steps) == ["data", "fundus_disease", "quality", "retinal_age", "serve"]
 
     # 1. the real sets, validated
     assert {"heimed", "odir", "duke_dme", "spectralis_layers", "dicom"} <= set(res["manifests"])
@@ -107,13 +110,28 @@ def test_main_job_real_samples_train_publish_serve(ray_cluster, shared_data, tmp
     for png in ("offsets/offset_hist.png", "offsets/responses_by_age.png", "evaluate/pred_vs_true.png"):
         assert (age_run / png).stat().st_size > 5000, png
 
-    # 4. served over HTTP: the real photo answered by both models
+    # 4. the quality gate, trained on generated gradable / ungradable photos
+    assert steps["quality"]["published"] == "fundus_quality:1"
+    from medray.catalog import Catalog
+
+    card = Catalog(str(out / "catalog")).get("fundus_quality")
+    assert card.task == "quality" and card.labels == ["ungradable", "gradable"]
+
+    # 5. served over HTTP, the whole preset: gate -> disease + retinal age; the real photo and an
+    # under-exposed copy; whatever the (3-epoch) gate decides, the plan follows it
     answer = steps["serve"]["answer"]
-    assert steps["serve"]["models"] == ["fundus_disease", "retinal_age"]
-    result = answer["results"][0]
-    assert result["status"] == "complete", result
-    assert result["models"]["fundus_disease"]["outputs"]["label"] in ("normal", "disease")
-    assert 20 <= result["models"]["retinal_age"]["outputs"]["retinal_age"] <= 90
+    assert steps["serve"]["models"] == ["fundus_quality", "fundus_disease", "retinal_age"]
+    assert [r["image"] for r in answer["results"]] == ["retina.jpg", "retina_underexposed.jpg"]
+    for result in answer["results"]:
+        gate = result["models"]["fundus_quality"]
+        assert gate["status"] == "ok" and gate["outputs"]["label"] in ("ungradable", "gradable")
+        if gate["gate"]["passed"]:
+            assert result["status"] == "complete", result
+            assert result["models"]["fundus_disease"]["outputs"]["label"] in ("normal", "disease")
+            assert 20 <= result["models"]["retinal_age"]["outputs"]["retinal_age"] <= 90
+        else:
+            assert result["status"] == "stopped" and result["stopped_by"] == ["fundus_quality"]
+            assert result["models"]["retinal_age"]["status"] == "skipped"
     assert "POST" in printed and "retinal_age" in printed and "done in" in printed
 
 

@@ -6,15 +6,18 @@ Steps (``--steps`` picks a subset; each later step needs the ones it names):
    Duke DME, the Spectralis layer scan, the DICOM fundus), validate them, print a summary table.
 2. ``fundus_disease``: train the fundus-disease classifier (``jobs/fundus_disease.yaml``) on HEI-MED +
    ODIR with 2 Ray Train workers, publish it, evaluate it on held-out patients (HTML report).
-3. ``retinal_age``: ``jobs/retinal_age.yaml`` on the real ODIR + HEI-MED age manifests, its stage-1
+3. ``quality``: the image-quality gate (``jobs/fundus_quality.yaml``) on generated gradable /
+   ungradable fundus photos; publishes ``fundus_quality`` (task ``quality``).
+4. ``retinal_age``: ``jobs/retinal_age.yaml`` on the real ODIR + HEI-MED age manifests, its stage-1
    responses from step 2's classifier; publishes ``retinal_age`` (needs ``fundus_disease``).
-4. ``oct``: generated layered B-scans of widths 512/768/1024, then ``tune/oct_candidates.yaml`` (Ray
+5. ``oct``: generated layered B-scans of widths 512/768/1024, then ``tune/oct_candidates.yaml`` (Ray
    Tune over the smp candidates, ASHA); the best is published as ``oct_layers``.
-5. ``skin``: a generated skin set, then the five stages of ``jobs/skin.yaml``; publishes ``skin`` and
+6. ``skin``: a generated skin set, then the five stages of ``jobs/skin.yaml``; publishes ``skin`` and
    the ``skin_localiser``.
-6. ``rop``: a generated ROP set, then ``jobs/rop.yaml`` (mean teacher at 20 % labels); publishes ``rop_mt``.
-7. ``serve``: the fundus-screening preset narrowed to the models published above (fundus_disease,
-   retinal_age) on Ray Serve; a real fundus photo goes over HTTP to ``/infer`` and the answer is printed.
+7. ``rop``: a generated ROP set, then ``jobs/rop.yaml`` (mean teacher at 20 % labels); publishes ``rop_mt``.
+8. ``serve``: the fundus-screening preset (quality gate -> disease classifier and retinal age in
+   parallel; narrowed to the models the catalogue holds) on Ray Serve; a real fundus photo goes over
+   HTTP to ``/infer`` and the answer is printed.
 
 The job files are the real configurations. Unless ``--full``, each training runs with the QUICK
 overrides below (tiny networks, small images, few epochs), so the whole job finishes on a 2-CPU laptop;
@@ -45,11 +48,13 @@ SETS = [
 ]
 
 
-STEPS = ("data", "fundus_disease", "retinal_age", "oct", "skin", "rop", "serve")
+STEPS = ("data", "fundus_disease", "quality", "retinal_age", "oct", "skin", "rop", "serve")
 
 # toy-size overrides per training step (a CPU laptop); --full drops them
 QUICK: dict[str, list[str]] = {
     "fundus_disease": [],  # the real job is already small (256 px, resnet18, 2 workers)
+    "quality": ["model.name=tiny_effnet", "data.image_size=64", "optim.epochs=6", "optim.lr=0.003",
+                "scaling.cpus_per_worker=0.5"],
     "retinal_age": ["model.name=tiny", "data.image_size=96", "optim.epochs=3", "scaling.cpus_per_worker=0.5"],
     "skin": ["regressor.backbone=test_convnext", "regressor.image_size=64", "regressor.head_channels=16",
              "regressor.optim.epochs=10", "classifier.base_resolution=64", "classifier.phi_min=-3",
@@ -66,6 +71,7 @@ QUICK_OCT = {
     "scheduler": {"grace_period": 1},
 }
 SYNTH = {  # generated sets for the methods without labelled public samples: (kind, n, options)
+    "quality": ("fundus_quality", 240, {"size": 128}),
     "oct": ("oct", 24, {"size": 128, "widths": [512, 768, 1024]}),
     "skin": ("skin", 240, {"size": 64, "n_classes": 3, "box_frac": 0.2, "clean_frac": 0.3}),
     "rop": ("rop", 160, {"size": 64}),
@@ -126,7 +132,8 @@ def build_job(step: str, out: str, manifests: list[str], quick: bool = True, ext
     quickstart's storage and catalogue, the QUICK overrides (unless ``quick`` is false) and ``extra``."""
     from medray.config import load_job
 
-    files = {"fundus_disease": "jobs/fundus_disease.yaml", "retinal_age": "jobs/retinal_age.yaml",
+    files = {"fundus_disease": "jobs/fundus_disease.yaml", "quality": "jobs/fundus_quality.yaml",
+             "retinal_age": "jobs/retinal_age.yaml",
              "skin": "jobs/skin.yaml", "rop": "jobs/rop.yaml"}
     catalog = storage.join(out, "catalog")
     over = [f"data.manifest={manifests[0]}" if step == "skin" else f"data.manifests=[{','.join(manifests)}]",
@@ -178,6 +185,14 @@ def step_fundus_disease(out: str, quick: bool, extra: list[str]) -> dict[str, An
             "metrics": {k: ev[k] for k in ("n", "auc", "accuracy", "balanced_accuracy") if ev.get(k) is not None}}
 
 
+def step_quality(out: str, quick: bool, extra: list[str]) -> dict[str, Any]:
+    from medray.training.launcher import run_job
+
+    res = run_job(build_job("quality", out, [_synth("quality", out)], quick, extra))
+    return {"published": res.get("published"),
+            "metrics": {k: v for k, v in (res.get("metrics") or {}).items() if k in ("val_auc", "val_acc")}}
+
+
 def step_retinal_age(out: str, quick: bool, extra: list[str], data: str) -> dict[str, Any]:
     from medray.data.sources import ingest
     from medray.training.launcher import run_job
@@ -218,7 +233,8 @@ def step_rop(out: str, quick: bool, extra: list[str]) -> dict[str, Any]:
 
 
 def step_serve(out: str, data: str, models: list[str]) -> dict[str, Any]:
-    """Deploy the fundus-screening preset narrowed to ``models`` and answer a real photo over HTTP."""
+    """Deploy the fundus-screening preset narrowed to ``models`` and answer a real photo (and an
+    under-exposed copy of it, for the quality gate) over HTTP."""
     import requests
     from ray import serve
 
@@ -238,15 +254,35 @@ def step_serve(out: str, data: str, models: list[str]) -> dict[str, Any]:
         serve.run(build_app(args), name="quickstart", route_prefix="/quickstart")
         _wait_healthy(url)
         with open(image, "rb") as f:
-            r = requests.post(f"{url}/infer", files={"image": ("retina.jpg", f, "image/jpeg")}, timeout=300)
+            photo = f.read()
+        files = [("image", ("retina.jpg", photo, "image/jpeg")),
+                 ("image", ("retina_underexposed.jpg", _underexposed(image), "image/jpeg"))]
+        r = requests.post(f"{url}/infer", files=files, timeout=300)
         if r.status_code != 200:
             raise MedrayError(f"serve: POST /infer answered {r.status_code}: {r.text[:500]}")
         answer = r.json()
     finally:
         serve.delete("quickstart")
-    print(f"\nPOST {url}/infer  (retina.jpg) ->")
+    print(f"\nPOST {url}/infer  (retina.jpg, and an under-exposed copy the quality gate should stop) ->")
     print(json.dumps(_brief(answer), indent=1))
     return {"url": url, "models": models, "answer": _brief(answer)}
+
+
+def _underexposed(path: str) -> bytes:
+    """JPEG bytes of the photo at 512 px, darkened the way an ungradable under-exposed photo is."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from medray.data.synth.fundus_quality import degrade
+
+    img = Image.open(path).convert("RGB")
+    img.thumbnail((512, 512))
+    dark = degrade(np.asarray(img), ["dark"], np.random.default_rng(0))
+    buf = io.BytesIO()
+    Image.fromarray(dark).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
 
 
 def _brief(answer: Any) -> Any:
@@ -295,6 +331,10 @@ def run_quickstart(data: str, out: str, train: bool = True, steps: list[str] | N
         elif name == "fundus_disease":
             ts = begin(i, name, "train jobs/fundus_disease.yaml (HEI-MED + ODIR, 2 workers), publish, evaluate")
             info = step_fundus_disease(out, quick, extra.get("fundus_disease", []))
+        elif name == "quality":
+            ts = begin(i, name, "generated gradable/ungradable fundus photos -> jobs/fundus_quality.yaml, "
+                                "publish the quality gate")
+            info = step_quality(out, quick, extra.get("quality", []))
         elif name == "retinal_age":
             ts = begin(i, name, "jobs/retinal_age.yaml on the real ODIR + HEI-MED ages (responses -> offsets "
                                 "-> shifted LDL training -> evaluation), publish")
@@ -310,8 +350,8 @@ def run_quickstart(data: str, out: str, train: bool = True, steps: list[str] | N
             ts = begin(i, name, "generated ROP set -> jobs/rop.yaml (mean teacher, 20 % labels), publish")
             info = step_rop(out, quick, extra.get("rop", []))
         else:
-            models = [m for m, st in (("fundus_disease", "fundus_disease"), ("retinal_age", "retinal_age"))
-                      if st in todo or _published(out, m)]
+            models = [m for m in ("fundus_quality", "fundus_disease", "retinal_age")
+                      if m.replace("fundus_quality", "quality") in todo or _published(out, m)]
             ts = begin(i, name, f"serve the fundus-screening preset ({', '.join(models)}) and answer a real photo")
             info = step_serve(out, data, models)
         info["seconds"] = round(time.time() - ts, 1)

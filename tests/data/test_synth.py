@@ -16,6 +16,7 @@ from medray.data import manifest
 from medray.data.imageio import read_image
 from medray.data.synth import GENERATORS, files_root, sample, synth
 from medray.data.synth import fundus_age as fa
+from medray.data.synth import fundus_quality as fq
 from medray.data.synth import oct as octgen
 from medray.data.synth import rop, skin
 from medray.errors import ConfigError, ManifestError
@@ -26,6 +27,7 @@ SMALL: dict[str, dict] = {
     "rop": {"size": 64},
     "oct": {"widths": [96, 128, 160], "scans_per_eye": 3},
     "fundus_age": {"size": 64},
+    "fundus_quality": {"size": 64},
 }
 
 
@@ -245,6 +247,34 @@ def test_fundus_age_features_track_age_and_disease_looks_older(tmp_path):
     old = fa.age_features(75.0, 0, np.random.default_rng(0))
     assert old["drusen"] > young["drusen"] and old["pallor"] > young["pallor"]
     assert old["artery_width"] < young["artery_width"] and old["tortuosity"] > young["tortuosity"]
+
+
+def test_fundus_quality_defects_make_photos_measurably_worse(tmp_path):
+    out = str(tmp_path / "q.parquet")
+    n = 60
+    res = synth("fundus_quality", n, out, seed=2, size=96)
+    rows = _check_manifest(out, res, n)
+    assert res["classes"] == ["ungradable", "gradable"] and res["task"] == "fundus_disease"
+    labels = np.array([r["label"] for r in rows])
+    assert 15 <= (labels == 0).sum() <= 45  # ungradable_rate 0.5
+    assert sum(res["defects"].values()) >= (labels == 0).sum()
+    # every defect, applied to the same photo, moves a simple image statistic the way it should
+    base = fa.render(np.random.default_rng(0), 128).image
+    grey = base.astype(np.float64).mean(-1)
+    sharp = np.abs(ndimage.laplace(grey)).mean()
+
+    def worse(d):
+        return fq.degrade(base, [d], np.random.default_rng(1)).astype(np.float64)
+
+    assert worse("dark").mean() < 0.3 * base.mean()
+    assert worse("glare").mean() > base.mean() + 30
+    assert np.abs(ndimage.laplace(worse("blur").mean(-1))).mean() < 0.5 * sharp
+    fov = grey > 20  # the circular field of view
+    assert (worse("occlusion").mean(-1)[fov] < 20).mean() > 0.25  # a shadow over part of the field
+    assert ((worse("off_centre").mean(-1) > 20) & fov).sum() < 0.8 * fov.sum()  # the field left the frame
+    # the labels are recomputable from the seed (sample == what was written)
+    for i in (0, 1, 7):
+        assert fq.sample(2, i, res["options"])["label"] == rows[i]["label"]
 
 
 def _files(root: str) -> dict[str, bytes]:

@@ -13,6 +13,8 @@ image files (PNG/JPEG) and a Parquet manifest of its task (:mod:`medray.data.man
                                volumes of neighbouring scans per eye (:mod:`.oct`)
  ``fundus_age``   fundus_age   adult fundus photos whose age is a known function of visible
                                features, with an aging-disease flag (:mod:`.fundus_age`)
+ ``fundus_        fundus_      fundus photos labelled gradable / ungradable (blur, dark,
+ quality``        disease      glare, occlusion, off-centre defects) (:mod:`.fundus_quality`)
 ================  ===========  ============================================================
 
 Layout: the manifest goes to ``out``; the files go beside it under ``<out without .parquet>_files/``
@@ -41,7 +43,7 @@ from typing import Any, Iterator
 
 from medray import storage
 from medray.data import manifest
-from medray.data.synth import fundus_age, oct, rop, skin
+from medray.data.synth import fundus_age, fundus_quality, oct, rop, skin
 from medray.data.synth._common import Item, SynthKind, Tally
 from medray.errors import ConfigError
 
@@ -53,7 +55,8 @@ ROWS_PER_BATCH = 4096  # rows per manifest write (fixed, so the bytes do not dep
 AUTO_PARALLEL_MIN_ROWS = 2048  # below this, workers=None renders in this process
 
 GENERATORS: dict[str, SynthKind] = {
-    g.name: g for g in (skin.GENERATOR, rop.GENERATOR, oct.GENERATOR, fundus_age.GENERATOR)
+    g.name: g for g in (skin.GENERATOR, rop.GENERATOR, oct.GENERATOR, fundus_age.GENERATOR,
+                        fundus_quality.GENERATOR)
 }
 
 

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from medray.errors import ConfigError
 
 # Stable numbers per kind (part of every seed): never renumber, or every generated set changes.
-KIND_CODES: dict[str, int] = {"skin": 1, "rop": 2, "oct": 3, "fundus_age": 4}
+KIND_CODES: dict[str, int] = {"skin": 1, "rop": 2, "oct": 3, "fundus_age": 4, "fundus_quality": 5}
 
 # Stream numbers (part of every seed): what a random stream is used for.
 STREAM_SAMPLE = 0  # pixels of one sample

@@ -130,6 +130,9 @@ class SampleSpec(StrictModel):
 class SecondSpec(StrictModel):
     q: float = Field(0.5, ge=0, le=1)  # probability that the heatmap channel is present
     init: Literal["stage3", "scratch"] = "stage3"
+    # class weights of the cross-entropy: "classifier" = the stage-3 policy (classifier.class_weights),
+    # computed on the sample's class counts; "balanced" / null set it here
+    class_weights: Literal["classifier", "balanced"] | None = "classifier"
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
     optim: OptimSpec = Field(default_factory=lambda: OptimSpec(epochs=20, lr=5e-4))
     label_smoothing: float = Field(0.0, ge=0, lt=1)

@@ -829,8 +829,11 @@ def stage5_second(job: Config, classes: list[str], counts: dict[str, Any], scale
     if d.cache:
         train, val = train.materialize(), val.materialize()
     arch = classifier_arch(scale, k, 4, job.classifier.drop_rate)
+    policy = job.classifier.class_weights if s.class_weights == "classifier" else s.class_weights
+    q = np.asarray(sample_info["quotas"], np.float64)  # the sample's class counts
+    weights_cls = (q.sum() / (k * np.maximum(q, 1))).tolist() if policy == "balanced" else None
     meta = {"classes": classes, "train_rows": n_train, "val_rows": sum(counts["clean_val"]), "arch": arch,
-            "section": "second", "class_weights": None,
+            "section": "second", "class_weights": weights_cls,
             "init_weights": storage.join(stage_uri(job, "3_classifier"), "model.safetensors")
             if s.init == "stage3" else None}
     weights, best, _ = _train_stage(job, stage, classifier_loop, {"train": train, "val": val}, meta, "val_bal_acc", "max")
