@@ -61,8 +61,6 @@ def baseline(files: list[str], size: int, repeat: int, workers: int) -> float:
 
 
 def medray_pipeline(files: list[str], size: int, repeat: int) -> float:
-    import ray
-
     from medray.data import imageio, manifest, pipeline
     from medray.training.loop import quiet_ray_data
 

@@ -17,10 +17,8 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +32,6 @@ models: [bench_quality, bench_disease, bench_glaucoma]
 gates: {bench_quality: {output: score, min: 0.0}}
 stages: [[bench_quality], [bench_disease, bench_glaucoma]]
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pct(a: list[float]) -> dict[str, float]:
@@ -82,6 +74,7 @@ def main() -> None:
     from ray import serve
 
     from medray.inference.predictor import load_predictor
+    from medray.netutil import free_port
     from medray.serving.app import AppArgs, build_app
     from medray.serving.uploads import decode_upload
 
@@ -108,7 +101,7 @@ def main() -> None:
         local.append(time.perf_counter() - t0)
 
     ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
     args = AppArgs(catalog=cat.uri, preset="bench", presets_dir=os.path.join(tmp, "presets"),
                    defaults={"ray_actor_options": {"num_cpus": a.cpus_per_replica}, "max_batch_size": 16,

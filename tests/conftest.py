@@ -5,12 +5,13 @@ it is absent)."""
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import uuid
 from pathlib import Path
 
 import pytest
+
+from medray.netutil import free_port
 
 # Set before any SDK or Ray process exists, so every worker started later inherits them.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -25,12 +26,6 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MEDRAY_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +47,7 @@ def s3_endpoint() -> str:
     medray.storage, s3fs, pyarrow and Ray workers all reach it."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
@@ -79,7 +74,7 @@ def ray_cluster(s3_endpoint):
     if not ray.is_initialized():
         # an explicit free dashboard port: two clusters starting at once on one machine (parallel
         # CI jobs, developers) would otherwise race for the default 8265
-        ray.init(num_cpus=4, include_dashboard=True, dashboard_port=_free_port(), log_to_driver=True,
+        ray.init(num_cpus=4, include_dashboard=True, dashboard_port=free_port(), log_to_driver=True,
                  runtime_env={"env_vars": {k: os.environ[k] for k in (
                      "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                      "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED")}})

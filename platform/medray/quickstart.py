@@ -239,7 +239,8 @@ def step_serve(out: str, data: str, models: list[str]) -> dict[str, Any]:
     from ray import serve
 
     from medray.serving.app import AppArgs, build_app
-    from medray.serving.cli import _free_port, _wait_healthy
+    from medray.netutil import free_port
+    from medray.serving.cli import _wait_healthy
 
     image = os.path.join(data, "fundus_skimage", "retina.jpg")
     if not os.path.exists(image):
@@ -247,7 +248,7 @@ def step_serve(out: str, data: str, models: list[str]) -> dict[str, Any]:
     args = AppArgs(preset="fundus_screening", subset=models, catalog=storage.join(out, "catalog"),
                    presets_dir=str(_repo_file("serve/presets")),
                    defaults={"max_batch_size": 8, "batch_wait_timeout_s": 0.01, "ray_actor_options": {"num_cpus": 0.5}})
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
     url = f"http://127.0.0.1:{port}/quickstart"
     try:

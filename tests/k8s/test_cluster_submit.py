@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,16 +20,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from medray.netutil import free_port
+
 BIN = Path(sys.executable).parent
 AWS_KEYS = ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
             "AWS_EC2_METADATA_DISABLED")
 CPUS_PER_NODE = 3  # logical CPUs: one 2-CPU Train worker per node, 1 left for Ray Data on each
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -52,9 +47,9 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def _node_ports() -> list[str]:
-    return [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-            f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
-            f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}"]
+    return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+            f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
 
 
 @pytest.fixture
@@ -62,7 +57,7 @@ def two_node_cluster(tmp_path):
     """(dashboard address, env for CLI calls): a head and a second node, CPUS_PER_NODE logical CPUs each."""
     from ray.util.state import list_nodes
 
-    gcs, dash, client = _free_port(), _free_port(), _free_port()
+    gcs, dash, client = free_port(), free_port(), free_port()
     temp = Path("/tmp") / f"ray_mr2_{os.getpid()}_{gcs}"  # short: Ray's socket paths have a length limit
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "RAY_ADDRESS"}
     env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",

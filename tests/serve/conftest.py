@@ -4,16 +4,11 @@ safetensors: the thing under test is the catalogue/planner/serving, not the netw
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from medray.netutil import free_port
 
 
 @pytest.fixture(scope="session")

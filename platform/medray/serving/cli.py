@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 from typing import Any
 
 from medray.errors import ConfigError, MedrayError
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from medray.netutil import free_port
 
 
 def _wait_healthy(url: str, timeout: float = 300) -> None:
@@ -40,9 +34,9 @@ def serve_config(path: str, port: int | None = None) -> int:
     from medray.serving.app import AppArgs, build_app
 
     try:
-        raw = yaml.safe_load(open(path))
-        cfg = ServeDeploySchema.model_validate(raw) if hasattr(ServeDeploySchema, "model_validate") else \
-            ServeDeploySchema.parse_obj(raw)
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+        ServeDeploySchema.model_validate(raw)  # Serve's own schema: a bad file fails here, named
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except Exception as e:  # noqa: BLE001 - schema errors
@@ -92,7 +86,7 @@ def evaluate_pipeline(preset: str, manifest: str, *, out: str, url: str | None =
         plan_app(args)
         if not ray.is_initialized():
             ray.init(address=os.environ.get("RAY_ADDRESS"))
-        port = _free_port()
+        port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
         started = f"evaluate_{preset}"
         serve.run(build_app(args), name=started, route_prefix=f"/{started}")

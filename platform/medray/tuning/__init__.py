@@ -22,7 +22,6 @@ whole-scan inference (``test_report.json``, ``overlays.png``, ``thickness.png``)
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import sys

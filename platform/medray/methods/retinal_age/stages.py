@@ -187,7 +187,6 @@ def _train_job(job: Config) -> Config:
 
 def build_datasets(job: Config) -> tuple[dict[str, Any], dict[str, Any]]:
     import pyarrow.compute as pc
-    import ray.data
     from ray.data.expressions import col
 
     from medray.data import pipeline
