@@ -89,7 +89,11 @@ def _use_gpu(job: JobBase) -> bool:
     return bool(job.scaling.use_gpu)
 
 
-def scaling_config(job: JobBase):
+def scaling_config(job: JobBase, reserved_cpus: float = 0.0, share: int = 1):
+    """The job's ScalingConfig. The per-worker CPU request is lowered when the workers would not leave
+    one CPU for Ray Data's read/decode tasks (the run would hang waiting for them). ``share`` runs of
+    this kind run side by side (concurrent Tune trials), each also holding ``reserved_cpus`` itself
+    (the trial's own placement)."""
     import ray
     from ray.train import ScalingConfig
 
@@ -97,12 +101,14 @@ def scaling_config(job: JobBase):
     n = job.scaling.num_workers
     cpus = job.scaling.cpus_per_worker
     total = ray.cluster_resources().get("CPU", 0)
-    if total and n * cpus > total - 1:
+    room = ((total - 1) / max(1, share) - reserved_cpus) if total > 1 else total / (2 * max(1, share))
+    if total and n * cpus > room:
         # leave at least one CPU for Ray Data's decode tasks, or the run hangs waiting for them
-        new = max(0.1, round((total - 1) / n, 2)) if total > 1 else max(0.1, round(total / (2 * n), 2))
+        new = max(0.1, round(room / n - 0.005, 2))
         if new < cpus:
             print(f"[medray] note: {n} workers x {cpus} CPU do not fit next to Ray Data on a {total:g}-CPU "
-                  f"cluster; using {new} CPU per worker", file=sys.stderr)
+                  f"cluster{f' ({share} runs side by side)' if share > 1 else ''}; using {new} CPU per worker",
+                  file=sys.stderr)
             cpus = new
     res = {"CPU": cpus}
     if gpu:
@@ -121,7 +127,8 @@ def run_paths(job: JobBase) -> tuple[Any, str, str]:
 
 
 def build_trainer(job: JobBase, train_loop, datasets: dict[str, Any], meta: dict[str, Any],
-                  name: str | None = None, split: list[str] | None = None, callbacks: list | None = None):
+                  name: str | None = None, split: list[str] | None = None, callbacks: list | None = None,
+                  reserved_cpus: float = 0.0, share: int = 1):
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
@@ -129,7 +136,7 @@ def build_trainer(job: JobBase, train_loop, datasets: dict[str, Any], meta: dict
     return TorchTrainer(
         train_loop_per_worker=train_loop,
         train_loop_config={"job": job.model_dump(mode="json"), "meta": meta},
-        scaling_config=scaling_config(job),
+        scaling_config=scaling_config(job, reserved_cpus, share),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=split or ["train"]),
         run_config=RunConfig(

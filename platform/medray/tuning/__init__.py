@@ -152,7 +152,8 @@ def trial_job(base: dict[str, Any], params: dict[str, Any], study: str, trial_id
     return resolve_paths(parse_job(data, source=f"trial {trial_id}"))
 
 
-def _trainable(config: dict[str, Any], base: dict[str, Any], study: str, trials_dir: str) -> None:
+def _trainable(config: dict[str, Any], base: dict[str, Any], study: str, trials_dir: str, trial_cpu: float = 0.0,
+               concurrency: int = 1) -> None:
     """One trial: a full Ray Train run of the base job with this trial's parameters."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -168,8 +169,10 @@ def _trainable(config: dict[str, Any], base: dict[str, Any], study: str, trials_
                        {"trial_id": trial_id, "params": config, "job": job.model_dump(mode="json"), "meta": meta},
                        job.storage.s3)
     print(f"[medray] trial {trial_id}: {config}", file=sys.stderr, flush=True)
+    # the trial's own placement and the other concurrent trials share the cluster with this one's
+    # workers; one CPU stays free for Ray Data (else the trial's reads starve and it hangs)
     trainer = build_trainer(job, module.train_loop_per_worker, datasets, meta, name=job.run.name,
-                            callbacks=[TuneReportCallback()])
+                            callbacks=[TuneReportCallback()], reserved_cpus=trial_cpu, share=concurrency)
     result = trainer.fit()
     if result.error is not None:
         raise MedrayError(f"trial {trial_id}: training failed: {result.error}")
@@ -212,7 +215,9 @@ def run_study(path: str, overrides: list[str] | tuple[str, ...] = ()) -> dict[st
              if spec.scheduler.type == "asha" else FIFOScheduler())
     concurrency = spec.max_concurrent_trials if spec.max_concurrent_trials != "auto" else auto_concurrency(spec, base)
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, base=base, study=spec.name, trials_dir=trials_dir),
+        tune.with_parameters(_trainable, base=base, study=spec.name, trials_dir=trials_dir,
+                             trial_cpu=float(spec.trial_resources.get("cpu", spec.trial_resources.get("CPU", 0.0))),
+                             concurrency=concurrency),
         {k.lower(): v for k, v in spec.trial_resources.items()})
     tune_root = storage.to_uri(spec.storage_path)
     exp_path = storage.join(tune_root, spec.name, "tune")
