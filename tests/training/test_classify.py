@@ -132,3 +132,21 @@ def test_job_yaml_misspelt_key_names_file_and_field(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_job(p)
     assert str(p) in str(e.value) and "optim.lrr" in str(e.value) and "did you mean 'lr'" in str(e.value)
+
+
+def test_workers_are_sized_to_leave_ray_data_a_cpu(ray_cluster, tmp_path):
+    """On the 4-CPU test cluster: a job that fits is left alone; one that does not, or that shares the
+    cluster with other Tune trials (each holding its own placement), gets a smaller per-worker CPU
+    request, so one CPU always stays free for Ray Data's read/decode tasks."""
+    from medray.training.launcher import scaling_config
+
+    def cpus(workers, per_worker, **kw):
+        job = _job("m.parquet", str(tmp_path), "sizing", scaling__num_workers=workers,
+                   scaling__cpus_per_worker=per_worker)
+        sc = scaling_config(job, **kw)
+        return sc.num_workers * sc.resources_per_worker["CPU"]
+
+    assert cpus(2, 1.0) == 2.0  # 2 of 4 CPUs: fits
+    assert cpus(2, 2.0) <= 3.0  # 4 of 4 would starve Ray Data
+    # three concurrent trials, each holding 0.1 CPU itself: 3 x (0.1 + workers) <= 3
+    assert 3 * (0.1 + cpus(1, 1.0, reserved_cpus=0.1, share=3)) <= 3.0
