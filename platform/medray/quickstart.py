@@ -72,7 +72,7 @@ QUICK_OCT = {
 }
 SYNTH = {  # generated sets for the methods without labelled public samples: (kind, n, options)
     "quality": ("fundus_quality", 240, {"size": 128}),
-    "oct": ("oct", 24, {"size": 128, "widths": [512, 768, 1024]}),
+    "oct": ("oct", 64, {"size": 128, "widths": [512, 768, 1024], "scans_per_eye": 4}),  # 8 patients
     "skin": ("skin", 240, {"size": 64, "n_classes": 3, "box_frac": 0.2, "clean_frac": 0.3}),
     "rop": ("rop", 160, {"size": 64}),
 }
