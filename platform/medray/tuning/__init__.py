@@ -173,9 +173,38 @@ def _trainable(config: dict[str, Any], base: dict[str, Any], study: str, trials_
     # workers; one CPU stays free for Ray Data (else the trial's reads starve and it hangs)
     trainer = build_trainer(job, module.train_loop_per_worker, datasets, meta, name=job.run.name,
                             callbacks=[TuneReportCallback()], reserved_cpus=trial_cpu, share=concurrency)
+    if concurrency == 1:
+        _release_stale_worker_groups()
     result = trainer.fit()
     if result.error is not None:
         raise MedrayError(f"trial {trial_id}: training failed: {result.error}")
+
+
+def _release_stale_worker_groups() -> None:
+    """Remove the worker placement groups earlier trials of this study left behind.
+
+    Ray 2.60's Train V2 inside a Tune trial keeps its worker placement group alive when Tune stops the
+    trial (at ``max_t`` or by ASHA) before Train shuts down: its PlacementGroupCleaner needs the State
+    API, which an embedded cluster without a dashboard lacks. On a small cluster the next trial's Ray
+    Data reads then wait forever for that CPU. Called only when trials run one at a time: every live
+    placement group of this job (the Tune driver's) other than this trial's own is such a leftover."""
+    import ray
+    from ray._raylet import PlacementGroupID
+    from ray.util import get_current_placement_group
+    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+    job = ray.get_runtime_context().get_job_id()
+    own = get_current_placement_group()
+    own_id = own.id.hex() if own is not None else None
+    for pg_id, info in placement_group_table().items():
+        if info.get("state") == "REMOVED" or pg_id == own_id or not pg_id.endswith(job):
+            continue
+        try:
+            remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
+            print(f"[medray] removed placement group {pg_id[:12]} left by an earlier trial "
+                  f"({list(info.get('bundles', {}).values())})", file=sys.stderr)
+        except Exception as e:  # noqa: BLE001 - already gone
+            print(f"[medray] could not remove placement group {pg_id}: {e}", file=sys.stderr)
 
 
 def auto_concurrency(spec: StudySpec, base: dict[str, Any]) -> int:
