@@ -180,6 +180,27 @@ def _trainable(config: dict[str, Any], base: dict[str, Any], study: str, trials_
         raise MedrayError(f"trial {trial_id}: training failed: {result.error}")
 
 
+def _job_placement_groups() -> set[str]:
+    """Ids of the live placement groups of this process's Ray job."""
+    import ray
+    from ray.util.placement_group import placement_group_table
+
+    job = ray.get_runtime_context().get_job_id()
+    return {k for k, v in placement_group_table().items() if v.get("state") != "REMOVED" and k.endswith(job)}
+
+
+def _release_placement_groups(ids: set[str], why: str) -> None:
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    for pg_id in sorted(ids):
+        try:
+            remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
+            print(f"[medray] removed placement group {pg_id[:12]} left by a trial ({why})", file=sys.stderr)
+        except Exception as e:  # noqa: BLE001 - already gone
+            print(f"[medray] could not remove placement group {pg_id}: {e}", file=sys.stderr)
+
+
 def _release_stale_worker_groups() -> None:
     """Remove the worker placement groups earlier trials of this study left behind.
 
@@ -187,24 +208,13 @@ def _release_stale_worker_groups() -> None:
     trial (at ``max_t`` or by ASHA) before Train shuts down: its PlacementGroupCleaner needs the State
     API, which an embedded cluster without a dashboard lacks. On a small cluster the next trial's Ray
     Data reads then wait forever for that CPU. Called only when trials run one at a time: every live
-    placement group of this job (the Tune driver's) other than this trial's own is such a leftover."""
-    import ray
-    from ray._raylet import PlacementGroupID
+    placement group of this job (the Tune driver's) other than this trial's own is such a leftover.
+    :func:`run_study` removes what the last trial left the same way."""
     from ray.util import get_current_placement_group
-    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
-    job = ray.get_runtime_context().get_job_id()
     own = get_current_placement_group()
     own_id = own.id.hex() if own is not None else None
-    for pg_id, info in placement_group_table().items():
-        if info.get("state") == "REMOVED" or pg_id == own_id or not pg_id.endswith(job):
-            continue
-        try:
-            remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
-            print(f"[medray] removed placement group {pg_id[:12]} left by an earlier trial "
-                  f"({list(info.get('bundles', {}).values())})", file=sys.stderr)
-        except Exception as e:  # noqa: BLE001 - already gone
-            print(f"[medray] could not remove placement group {pg_id}: {e}", file=sys.stderr)
+    _release_placement_groups(_job_placement_groups() - {own_id}, "before the next trial")
 
 
 def auto_concurrency(spec: StudySpec, base: dict[str, Any]) -> int:
@@ -265,7 +275,9 @@ def run_study(path: str, overrides: list[str] | tuple[str, ...] = ()) -> dict[st
                                         scheduler=sched, max_concurrent_trials=concurrency),
             run_config=tune.RunConfig(name="tune", storage_path=storage.join(tune_root, spec.name), verbose=0),
         )
+    before = _job_placement_groups()
     grid = tuner.fit()
+    _release_placement_groups(_job_placement_groups() - before, "after the study")
     board = leaderboard(grid, spec, max_t)
     write_leaderboard(board, spec, study_uri)
     ok = [r for r in board if r["best"] is not None and not math.isnan(r["best"])]
