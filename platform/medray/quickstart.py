@@ -248,9 +248,12 @@ def step_serve(out: str, data: str, models: list[str]) -> dict[str, Any]:
     args = AppArgs(preset="fundus_screening", subset=models, catalog=storage.join(out, "catalog"),
                    presets_dir=str(_repo_file("serve/presets")),
                    defaults={"max_batch_size": 8, "batch_wait_timeout_s": 0.01, "ray_actor_options": {"num_cpus": 0.5}})
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
-    url = f"http://127.0.0.1:{port}/quickstart"
+    serve.start(http_options={"host": "127.0.0.1", "port": free_port()}, logging_config={"enable_access_log": False})
+    # when Serve was already running on this cluster, its proxy keeps the port it started with
+    from ray.serve.context import _get_global_client
+
+    http = _get_global_client().http_config
+    url = f"http://{http.host if http.host not in ('0.0.0.0', '') else '127.0.0.1'}:{http.port}/quickstart"
     try:
         serve.run(build_app(args), name="quickstart", route_prefix="/quickstart")
         _wait_healthy(url)
