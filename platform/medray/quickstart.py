@@ -354,8 +354,8 @@ def run_quickstart(data: str, out: str, train: bool = True, steps: list[str] | N
             ts = begin(i, name, "generated ROP set -> jobs/rop.yaml (mean teacher, 20 % labels), publish")
             info = step_rop(out, quick, extra.get("rop", []))
         else:
-            models = [m for m in ("fundus_quality", "fundus_disease", "retinal_age")
-                      if m.replace("fundus_quality", "quality") in todo or _published(out, m)]
+            served = {"fundus_quality": "quality", "fundus_disease": "fundus_disease", "retinal_age": "retinal_age"}
+            models = [m for m, step in served.items() if step in todo or _published(out, m)]
             ts = begin(i, name, f"serve the fundus-screening preset ({', '.join(models)}) and answer a real photo")
             info = step_serve(out, data, models)
         info["seconds"] = round(time.time() - ts, 1)

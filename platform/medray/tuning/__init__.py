@@ -161,6 +161,8 @@ def _trainable(config: dict[str, Any], base: dict[str, Any], study: str, trials_
     from medray.training.launcher import build_trainer, method_module
 
     trial_id = tune.get_context().get_trial_id()
+    if concurrency == 1:  # before any Ray Data work of this trial: its reads need that CPU
+        _release_stale_worker_groups()
     job = trial_job(base, config, study, trial_id, trials_dir)
     module = method_module(job)
     datasets, meta = module.build_datasets(job)
@@ -173,8 +175,6 @@ def _trainable(config: dict[str, Any], base: dict[str, Any], study: str, trials_
     # workers; one CPU stays free for Ray Data (else the trial's reads starve and it hangs)
     trainer = build_trainer(job, module.train_loop_per_worker, datasets, meta, name=job.run.name,
                             callbacks=[TuneReportCallback()], reserved_cpus=trial_cpu, share=concurrency)
-    if concurrency == 1:
-        _release_stale_worker_groups()
     result = trainer.fit()
     if result.error is not None:
         raise MedrayError(f"trial {trial_id}: training failed: {result.error}")

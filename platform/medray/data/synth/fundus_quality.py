@@ -54,14 +54,17 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
+    return np.stack([ndimage.gaussian_filter(x[..., c], sigma) for c in range(3)], -1)
+
+
 def degrade(img: np.ndarray, defects: list[str], rng: np.random.Generator) -> np.ndarray:
     """Apply ``defects`` (names of :data:`DEFECTS`) to a uint8 RGB photo; returns uint8."""
     x = img.astype(np.float32)
     s = x.shape[0]
     for d in defects:
         if d == "blur":
-            sig = s * float(rng.uniform(0.025, 0.05))
-            x = np.stack([ndimage.gaussian_filter(x[..., c], sig) for c in range(3)], -1)
+            x = _blur(x, s * float(rng.uniform(0.025, 0.05)))
         elif d == "dark":
             x = x * float(rng.uniform(0.08, 0.25)) + rng.normal(0, 3.0, x.shape).astype(np.float32)
         elif d == "glare":
@@ -118,7 +121,7 @@ def sample(seed: int, i: int, options: dict[str, Any], n: int | None = None) -> 
         x = img.astype(np.float32) * float(rng.uniform(0.85, 1.15))
         sig = float(rng.uniform(0, 0.6)) * options["size"] / 256
         if sig > 0.05:
-            x = np.stack([ndimage.gaussian_filter(x[..., c], sig) for c in range(3)], -1)
+            x = _blur(x, sig)
         img = to_uint8(x)
     return {"image": img, "label": label, "defects": defects, "eye": eye}
 

@@ -534,8 +534,7 @@ def stage3_classifier(job: Config, classes: list[str], counts: dict[str, Any]) -
     train, val = labelled_clean(job, d.train_splits, res), labelled_clean(job, d.val_splits, res)
     if d.cache:
         train, val = train.materialize(), val.materialize()
-    cnt = np.asarray(counts["clean_train"], np.float64)
-    weights_cls = (cnt.sum() / (k * np.maximum(cnt, 1))).tolist() if c.class_weights == "balanced" else None
+    weights_cls = balanced_weights(counts["clean_train"]) if c.class_weights == "balanced" else None
     meta = {"classes": classes, "train_rows": n_train, "val_rows": n_val, "train_counts": counts["clean_train"],
             "val_counts": counts["clean_val"], "class_weights": weights_cls, "section": "classifier",
             "arch": classifier_arch(scale, k, 3, c.drop_rate), "init_weights": None}
@@ -718,6 +717,12 @@ def sample_batch(batch: dict[str, np.ndarray], size: int, how: str, s3: Any = No
     return {"image": img, "heat": heat, "label": batch["pred"].astype(np.int64)}
 
 
+def balanced_weights(counts) -> list[float]:
+    """Cross-entropy class weights ``n / (k * n_c)`` (an empty class counts as 1)."""
+    cnt = np.asarray(counts, np.float64)
+    return (cnt.sum() / (len(cnt) * np.maximum(cnt, 1))).tolist()
+
+
 def classifier_loop(config: dict[str, Any]) -> None:
     """Ray Train loop of the classifier stages (``meta["section"]``): stage 3 (``classifier``: CE on
     the clean labels, 3 channels) and stage 5 (``second``: CE on the pseudo-labels; the stored heatmap
@@ -830,8 +835,7 @@ def stage5_second(job: Config, classes: list[str], counts: dict[str, Any], scale
         train, val = train.materialize(), val.materialize()
     arch = classifier_arch(scale, k, 4, job.classifier.drop_rate)
     policy = job.classifier.class_weights if s.class_weights == "classifier" else s.class_weights
-    q = np.asarray(sample_info["quotas"], np.float64)  # the sample's class counts
-    weights_cls = (q.sum() / (k * np.maximum(q, 1))).tolist() if policy == "balanced" else None
+    weights_cls = balanced_weights(sample_info["quotas"]) if policy == "balanced" else None  # the sample's counts
     meta = {"classes": classes, "train_rows": n_train, "val_rows": sum(counts["clean_val"]), "arch": arch,
             "section": "second", "class_weights": weights_cls,
             "init_weights": storage.join(stage_uri(job, "3_classifier"), "model.safetensors")
