@@ -240,7 +240,7 @@ def step_serve(out: str, data: str, models: list[str]) -> dict[str, Any]:
 
     from medray.serving.app import AppArgs, build_app
     from medray.netutil import free_port
-    from medray.serving.cli import _wait_healthy
+    from medray.netutil import wait_healthy
 
     image = os.path.join(data, "fundus_skimage", "retina.jpg")
     if not os.path.exists(image):
@@ -256,7 +256,7 @@ def step_serve(out: str, data: str, models: list[str]) -> dict[str, Any]:
     url = f"http://{http.host if http.host not in ('0.0.0.0', '') else '127.0.0.1'}:{http.port}/quickstart"
     try:
         serve.run(build_app(args), name="quickstart", route_prefix="/quickstart")
-        _wait_healthy(url)
+        wait_healthy(url)
         with open(image, "rb") as f:
             photo = f.read()
         files = [("image", ("retina.jpg", photo, "image/jpeg")),

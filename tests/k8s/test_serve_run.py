@@ -12,14 +12,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from k8s.schemas import CRD_DIR
+from medray.errors import MedrayError
 from medray.k8s.render import Settings, serve_config_v2
+from medray.netutil import wait_healthy
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -72,23 +73,14 @@ def test_rendered_serve_config_runs_with_serve_run(s3_endpoint, shared_data, tmp
         proc = subprocess.Popen([str(BIN / "serve"), "run", str(path)], cwd=tmp_path, env=env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
-        deadline, last, healthy = time.time() + 180, None, False
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                r = requests.get(f"{url}/healthz", timeout=5)
-                if r.status_code == 200:
-                    healthy = True
-                    break
-                last = r.status_code
-            except requests.RequestException as e:
-                last = e
-            time.sleep(1)
-        if healthy:
+        try:
+            wait_healthy(url, timeout=180, alive=lambda: proc.poll() is None, interval=1)
             break
-        log = _stop(proc)
-        if attempt == 1 and "Failed to bind" in log:
-            continue
-        pytest.fail(f"`serve run` never became healthy ({last}):\n{log[-4000:]}")
+        except MedrayError as e:
+            log = _stop(proc)
+            if attempt == 1 and "Failed to bind" in log:
+                continue
+            pytest.fail(f"`serve run` never became healthy ({e}):\n{log[-4000:]}")
     try:
         jpg = (shared_data / "fundus_skimage" / "retina.jpg").read_bytes()
         r = requests.post(f"{url}/infer", files=[("image", ("retina.jpg", jpg, "image/jpeg"))], timeout=120)

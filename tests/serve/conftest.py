@@ -4,7 +4,6 @@ safetensors: the thing under test is the catalogue/planner/serving, not the netw
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -49,20 +48,3 @@ def tiny_card(name: str, labels: list[str], task: str = "classify", modality: st
     }
     d.update(over)
     return d
-
-
-def wait_healthy(url: str, timeout: float = 120, headers: dict | None = None) -> dict:
-    import requests
-
-    t0 = time.time()
-    last = None
-    while time.time() - t0 < timeout:
-        try:
-            r = requests.get(f"{url}/healthz", timeout=5, headers=headers or {})
-            if r.status_code == 200:
-                return r.json()
-            last = r.status_code
-        except requests.RequestException as e:
-            last = e
-        time.sleep(0.5)
-    raise TimeoutError(f"{url}/healthz not healthy after {timeout}s: {last}")

@@ -13,15 +13,15 @@ import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from medray.catalog import Catalog
+from medray.netutil import wait_healthy
 from medray.serving.executor import overlaps
 
-from .conftest import tiny_card, tiny_weights, wait_healthy
+from .conftest import tiny_card, tiny_weights
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import wait_healthy
+from medray.netutil import wait_healthy
 
 pytestmark = pytest.mark.slow
 

@@ -6,22 +6,8 @@ import os
 import time
 from typing import Any
 
-from medray.errors import ConfigError, MedrayError
-from medray.netutil import free_port
-
-
-def _wait_healthy(url: str, timeout: float = 300) -> None:
-    import requests
-
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        try:
-            if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise MedrayError(f"{url}/healthz did not answer within {timeout:.0f}s")
+from medray.errors import ConfigError
+from medray.netutil import free_port, wait_healthy
 
 
 def serve_config(path: str, port: int | None = None) -> int:
@@ -91,7 +77,7 @@ def evaluate_pipeline(preset: str, manifest: str, *, out: str, url: str | None =
         started = f"evaluate_{preset}"
         serve.run(build_app(args), name=started, route_prefix=f"/{started}")
         url = f"http://127.0.0.1:{port}/{started}"
-        _wait_healthy(url)
+        wait_healthy(url)
         print(f"evaluate-pipeline: serving {preset} at {url}", flush=True)
     try:
         report, lats = evaluate_over_http(url, manifest, preset=preset, split=split, limit=limit,
