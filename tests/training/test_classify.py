@@ -150,3 +150,32 @@ def test_workers_are_sized_to_leave_ray_data_a_cpu(ray_cluster, tmp_path):
     assert cpus(2, 2.0) <= 3.0  # 4 of 4 would starve Ray Data
     # three concurrent trials, each holding 0.1 CPU itself: 3 x (0.1 + workers) <= 3
     assert 3 * (0.1 + cpus(1, 1.0, reserved_cpus=0.1, share=3)) <= 3.0
+
+
+def test_worker_cpus_leave_one_cpu_for_ray_data_per_share():
+    """The sizing rule alone (no cluster): what the launcher and Tune's auto concurrency both use."""
+    from medray.training.launcher import worker_cpus
+
+    assert worker_cpus(2, 1.0, 4) == 1.0  # fits: left alone
+    assert worker_cpus(1, 0.5, 2) == 0.5
+    assert 2 * worker_cpus(2, 2.0, 4) <= 3.0  # would take all 4
+    assert worker_cpus(1, 1.0, 2, reserved_cpus=0.1) <= 0.9  # a 2-CPU machine, one Tune trial
+    for share in (1, 2, 3):  # side by side, each trial with its own 0.1 CPU, Ray Data keeps one CPU
+        assert share * (0.1 + 2 * worker_cpus(2, 1.0, 8, reserved_cpus=0.1, share=share)) <= 7.0
+    assert worker_cpus(4, 1.0, 1) >= 0.1  # never below the floor, even on a 1-CPU cluster
+
+
+def test_a_run_without_validation_rows_for_its_val_metric_is_refused(tmp_path):
+    """An empty validation split would train for nothing and select checkpoints on a missing metric
+    (a Tune study of such trials would rank n/a against n/a): refused before any worker starts."""
+    from medray.errors import ManifestError
+    from medray.training.launcher import check_rows
+
+    job = _job("m.parquet", str(tmp_path), "empty_val")
+    with pytest.raises(ManifestError, match=r"no validation rows in splits \['val'\] of \['m.parquet'\].*val_acc"):
+        check_rows(job, {"train_rows": 40, "val_rows": 0})
+    with pytest.raises(ManifestError, match="no training rows"):
+        check_rows(job, {"train_rows": 0, "val_rows": 8})
+    check_rows(job, {"train_rows": 40, "val_rows": 8})
+    check_rows(job, {"train_rows": 40, "val_rows": -1})  # counted later by the workers: not checked here
+    check_rows(_job("m.parquet", str(tmp_path), "t", run__metric="train_loss"), {"train_rows": 40, "val_rows": 0})

@@ -25,7 +25,7 @@ from typing import Any
 
 from medray import storage
 from medray.config import METHOD_MODULES, JobBase
-from medray.errors import MedrayError
+from medray.errors import ManifestError, MedrayError
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,17 @@ def _use_gpu(job: JobBase) -> bool:
     return bool(job.scaling.use_gpu)
 
 
+def worker_cpus(n: int, cpus: float, total: float, reserved_cpus: float = 0.0, share: int = 1) -> float:
+    """The CPUs per Train worker that fit a ``total``-CPU cluster: ``cpus`` unless ``n`` workers would
+    not leave one CPU for Ray Data's read/decode tasks (the run would hang waiting for them), with
+    ``share`` such runs side by side, each also holding ``reserved_cpus`` itself."""
+    share = max(1, share)
+    room = ((total - 1) / share - reserved_cpus) if total > 1 else total / (2 * share)
+    if total and n * cpus > room:
+        return min(cpus, max(0.1, round(room / n - 0.005, 2)))
+    return cpus
+
+
 def scaling_config(job: JobBase, reserved_cpus: float = 0.0, share: int = 1):
     """The job's ScalingConfig. The per-worker CPU request is lowered when the workers would not leave
     one CPU for Ray Data's read/decode tasks (the run would hang waiting for them). ``share`` runs of
@@ -101,15 +112,12 @@ def scaling_config(job: JobBase, reserved_cpus: float = 0.0, share: int = 1):
     n = job.scaling.num_workers
     cpus = job.scaling.cpus_per_worker
     total = ray.cluster_resources().get("CPU", 0)
-    room = ((total - 1) / max(1, share) - reserved_cpus) if total > 1 else total / (2 * max(1, share))
-    if total and n * cpus > room:
-        # leave at least one CPU for Ray Data's decode tasks, or the run hangs waiting for them
-        new = max(0.1, round(room / n - 0.005, 2))
-        if new < cpus:
-            print(f"[medray] note: {n} workers x {cpus} CPU do not fit next to Ray Data on a {total:g}-CPU "
-                  f"cluster{f' ({share} runs side by side)' if share > 1 else ''}; using {new} CPU per worker",
-                  file=sys.stderr)
-            cpus = new
+    new = worker_cpus(n, cpus, total, reserved_cpus, share)
+    if new < cpus:
+        print(f"[medray] note: {n} workers x {cpus} CPU do not fit next to Ray Data on a {total:g}-CPU "
+              f"cluster{f' ({share} runs side by side)' if share > 1 else ''}; using {new} CPU per worker",
+              file=sys.stderr)
+        cpus = new
     res = {"CPU": cpus}
     if gpu:
         res["GPU"] = job.scaling.gpus_per_worker
@@ -126,12 +134,28 @@ def run_paths(job: JobBase) -> tuple[Any, str, str]:
     return fs, path, run_uri
 
 
+def check_rows(job: JobBase, meta: dict[str, Any]) -> None:
+    """Refuse a run that has nothing to train on, or whose ``val_`` metric has no validation rows
+    (it would train for nothing and select its checkpoints on a missing metric). Counts the method
+    did not make (absent or -1) are not checked."""
+    data = getattr(job, "data", None)
+    where = f"of {list(getattr(data, 'manifests', []) or [])}"
+    if meta.get("train_rows") == 0:
+        raise ManifestError(f"no training rows in splits {getattr(data, 'train_splits', ['train'])} {where}")
+    if meta.get("val_rows") == 0 and job.run.metric.startswith("val_"):
+        raise ManifestError(
+            f"no validation rows in splits {getattr(data, 'val_splits', ['val'])} {where}, but run.metric is "
+            f"{job.run.metric!r}: give the manifest a validation split (e.g. more patients, or another split "
+            f"seed) or choose a train_ metric")
+
+
 def build_trainer(job: JobBase, train_loop, datasets: dict[str, Any], meta: dict[str, Any],
                   name: str | None = None, split: list[str] | None = None, callbacks: list | None = None,
                   reserved_cpus: float = 0.0, share: int = 1):
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
+    check_rows(job, meta)
     fs, path, _ = run_paths(job)
     return TorchTrainer(
         train_loop_per_worker=train_loop,

@@ -221,14 +221,16 @@ def auto_concurrency(spec: StudySpec, base: dict[str, Any]) -> int:
     """Trials whose Train workers fit the cluster next to one CPU for Ray Data (and the cap)."""
     import ray
 
+    from medray.training.launcher import worker_cpus
+
     res = ray.cluster_resources()
     sc = base.get("scaling", {}) or {}
     n = int(sc.get("num_workers", 1))
-    cpus = float(sc.get("cpus_per_worker", 1.0))
+    trial_cpu = float(spec.trial_resources.get("cpu", 0.0))
     total = float(res.get("CPU", 1.0))
-    if total and n * cpus > total - 1:  # the launcher lowers the per-worker request the same way
-        cpus = max(0.1, round((total - 1) / n, 2)) if total > 1 else max(0.1, round(total / (2 * n), 2))
-    per_trial = n * cpus + float(spec.trial_resources.get("cpu", 0.0))
+    # the launcher lowers the per-worker request the same way (one trial alone on the cluster)
+    cpus = worker_cpus(n, float(sc.get("cpus_per_worker", 1.0)), total, trial_cpu)
+    per_trial = n * cpus + trial_cpu
     k = int(max(1.0, total - 1) // per_trial) if per_trial > 0 else 1
     gpus = float(res.get("GPU", 0.0))
     if gpus and sc.get("use_gpu", "auto") in (True, "auto"):
