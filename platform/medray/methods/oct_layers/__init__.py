@@ -379,11 +379,19 @@ def held_out_rows(cfg: Config, splits: list[str], limit: int) -> list[dict[str, 
     return rows
 
 
+def structure_score(mask: np.ndarray, n_classes: int) -> tuple[int, int]:
+    """How much labelled structure a true mask shows, for picking the scans worth plotting: the number of
+    classes present, then the pixel count of the rarest present class (a scan with a small cyst ranks
+    above one without; among scans with fluid, more fluid first)."""
+    counts = np.bincount(np.asarray(mask).ravel(), minlength=n_classes)
+    return int((counts > 0).sum()), int(counts[counts > 0].min())
+
+
 def evaluate_scans(predictor, rows: list[dict[str, Any]], out_uri: str | None = None, s3: Any = None,
                    plot_scans: int = 3, title: str = "") -> dict[str, Any]:
     """Stitched whole-scan inference on ``rows`` (image, mask, axial_um): IoU/Dice per class and mean,
-    per-layer mean thickness error; with ``out_uri``: ``test_report.json``, ``overlays.png``,
-    ``thickness.png``."""
+    per-layer mean thickness error; with ``out_uri``: ``test_report.json``, ``overlays.png`` (the
+    ``plot_scans`` scans with the most labelled structure), ``thickness.png``."""
     from medray import storage
     from medray.data import imageio
     from medray.evaluation.metrics import segmentation_confusion
@@ -391,7 +399,7 @@ def evaluate_scans(predictor, rows: list[dict[str, Any]], out_uri: str | None = 
     classes = predictor.labels
     n = len(classes)
     cm = np.zeros((n, n), np.int64)
-    shown: list[tuple[np.ndarray, np.ndarray, np.ndarray, dict, dict]] = []
+    shown: list[Any] = []  # (score, order, (image, true, pred, true thickness, predicted thickness))
     abs_err: dict[str, list[float]] = {}
     t0 = time.time()
     for r in rows:
@@ -406,13 +414,18 @@ def evaluate_scans(predictor, rows: list[dict[str, Any]], out_uri: str | None = 
         unit = "um" if "um" in tt else "px"
         for name, vals in res["thickness"][unit].items():
             abs_err.setdefault(name, []).append(float(np.mean(np.abs(np.asarray(vals) - np.asarray(tt[unit][name])))))
-        if len(shown) < plot_scans:
-            shown.append((img, true, pred, tt, res["thickness"]))
+        if plot_scans:
+            # show the scans with the most labelled structure (e.g. Duke DME scans WITH fluid, not the
+            # first ones, which may have none): distinct classes, then the rarest present class's pixels
+            shown.append((structure_score(true, n), len(shown), (img, true, pred, tt, res["thickness"])))
+            shown.sort(key=lambda x: (x[0], -x[1]), reverse=True)
+            del shown[plot_scans:]
     report = {"scans": len(rows), "seconds": round(time.time() - t0, 2), "classes": classes,
               **seg_metrics(cm, classes, prefix="test_"),
               "thickness_mae": {k: float(np.mean(v)) for k, v in abs_err.items()},
               "thickness_unit": "um" if rows and rows[0].get("axial_um") else "px",
               "confusion_matrix": cm.tolist()}
+    shown = [x[2] for x in shown]
     if out_uri:
         storage.write_json(storage.join(out_uri, "test_report.json"), report, s3)
         if shown:
