@@ -6,11 +6,14 @@ model), then the retinal-age job runs twice on the same responses and offsets: o
 loss and once with the unshifted baseline (``head.loss``). The question is the seed's claim: does the
 shift make the model report a larger age gap for the diseased eyes (held-out rows)?
 
-    python -m medray.methods.retinal_age.study --seeds 0 1 2 3 4 [--n 400 --epochs 30] [--out DIR]
+    python -m medray.methods.retinal_age.study --seeds 0 1 2 3 4 5 6 7 8 9 [--n 200 --epochs 12] [--out DIR]
 
-Results accumulate in ``OUT/results.json`` (a re-run skips finished seeds); the summary prints the
-per-seed diseased-eye gap of both runs and the paired difference. ``benchmarks/retinal_age_shift.py``
-runs :func:`main`; ``tests/methods/test_retinal_age.py`` uses the same data and job builders.
+The defaults are exactly the setup of ``tests/methods/test_retinal_age.py`` (200 photos rendered at 64
+px; the stage-1 classifier at 64 px, where drusen and blot haemorrhages are visible; the age model at 32
+px, 12 epochs with a cosine learning-rate schedule, 2 DDP workers), so a margin that test asserts comes
+from this study's spread. Results accumulate in ``OUT/results.json`` (a re-run skips finished seeds);
+the summary prints the per-seed diseased-eye gap of both runs and the paired difference.
+``benchmarks/retinal_age_shift.py`` runs :func:`main`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,12 @@ from typing import Any
 from medray import storage
 
 
-def make_data(root: str, n: int = 200, seed: int = 0, size: int = 32, s3: Any = None,
+STUDY = {"n": 200, "render_size": 64, "clf_size": 64, "clf_epochs": 8, "size": 32, "epochs": 12,
+         "batch_size": 16, "workers": 2, "scheduler": "cosine", "baseline": "mean_variance"}
+"""The study's (and the test's) setup."""
+
+
+def make_data(root: str, n: int = 200, seed: int = 0, size: int = 64, s3: Any = None,
               disease_rate: float = 0.35) -> tuple[str, str]:
     """``fundus_age`` images (ages 40-60, ``disease_rate`` of them with an aging disease that makes the
     eye look 6-16 years older) and a ``fundus_disease`` manifest over the SAME image files (label = the
@@ -44,8 +52,8 @@ def make_data(root: str, n: int = 200, seed: int = 0, size: int = 32, s3: Any = 
     return age_uri, dis_uri
 
 
-def classifier_job(dis_uri: str, storage_path: str, catalog: str, name: str = "disease_clf", epochs: int = 6,
-                   size: int = 32, seed: int = 0):
+def classifier_job(dis_uri: str, storage_path: str, catalog: str, name: str = "disease_clf", epochs: int = 8,
+                   size: int = 64, seed: int = 0):
     """The stage-1 model: the ``classify`` method on the disease manifest, published as ``name``."""
     from medray.config import validate
     from medray.methods.classify import Config as ClassifyConfig
@@ -62,7 +70,8 @@ def classifier_job(dis_uri: str, storage_path: str, catalog: str, name: str = "d
 
 
 def age_job(age_uri: str, storage_path: str, catalog: str, name: str, loss: str = "shifted", epochs: int = 12,
-            workers: int = 2, seed: int = 0, size: int = 32, batch_size: int = 16, **over: Any):
+            workers: int = 2, seed: int = 0, size: int = 32, batch_size: int = 16, scheduler: str = "cosine",
+            **over: Any):
     """The retinal-age job on the generated set; ``over`` takes ``section__key=value`` overrides."""
     from medray.config import validate
     from medray.methods.retinal_age import Config
@@ -74,7 +83,8 @@ def age_job(age_uri: str, storage_path: str, catalog: str, name: str, loss: str 
         "responses": {"classifier": "disease_clf", "classifier_catalog": catalog, "batch_size": 64},
         "offsets": {"p": 0.35, "min_group_size": 8, "pool_window": 1},
         "head": {"age_min": 35, "age_max": 80, "loss": loss},
-        "optim": {"epochs": epochs, "batch_size": batch_size, "lr": 0.01, "scheduler": "none"},
+        "optim": {"epochs": epochs, "batch_size": batch_size, "lr": 0.01, "scheduler": scheduler,
+                  "warmup_epochs": 1 if scheduler == "cosine" else 0},
         "scaling": {"num_workers": workers, "cpus_per_worker": 0.5},
         "run": {"name": name, "storage_path": storage_path, "metric": "val_mae", "mode": "min",
                 "checkpoints_to_keep": 1, "catalog": catalog, "seed": seed},
@@ -91,24 +101,28 @@ def _summary(ev: dict[str, Any]) -> dict[str, float]:
             "mae_dy0": ev.get("mae_dy0", float("nan")), "n": ev["n"], "n_disease": ev["gap_disease"]["n"]}
 
 
-def run_pair(root: str, seed: int, n: int, epochs: int, size: int = 32, workers: int = 1, batch_size: int = 8,
-             baseline: str = "mean_variance") -> dict[str, Any]:
+def run_pair(root: str, seed: int, n: int = 200, epochs: int = 12, size: int = 32, workers: int = 2,
+             batch_size: int = 16, baseline: str = "mean_variance", render_size: int = 64, clf_size: int = 64,
+             clf_epochs: int = 8, scheduler: str = "cosine") -> dict[str, Any]:
     """Data + classifier + the shifted run + the baseline on the shifted run's stages 1-2 (the same
-    responses and offsets, so only the loss differs). Returns both runs' held-out summaries."""
+    responses and offsets, so only the loss differs). Returns both runs' held-out summaries and the
+    classifier's validation AUC."""
     from medray.training.launcher import run_job
 
-    age_uri, dis_uri = make_data(root, n=n, seed=seed, size=size)
+    age_uri, dis_uri = make_data(root, n=n, seed=seed, size=render_size)
     catalog = storage.join(root, "catalog")
     runs = storage.join(root, "runs")
-    run_job(classifier_job(dis_uri, runs, catalog, epochs=6, size=size, seed=seed))
-    common = {"epochs": epochs, "workers": workers, "seed": seed, "size": size, "batch_size": batch_size}
+    clf = run_job(classifier_job(dis_uri, runs, catalog, epochs=clf_epochs, size=clf_size, seed=seed))
+    common = {"epochs": epochs, "workers": workers, "seed": seed, "size": size, "batch_size": batch_size,
+              "scheduler": scheduler}
     shifted = run_job(age_job(age_uri, runs, catalog, "age_shifted", loss="shifted", **common))
     for st in ("responses", "offsets"):
         dst = Path(root) / "runs" / "age_baseline" / st
         if not dst.exists():
             shutil.copytree(Path(root) / "runs" / "age_shifted" / st, dst)
     base = run_job(age_job(age_uri, runs, catalog, "age_baseline", loss=baseline, **common))
-    return {"shifted": _summary(shifted["evaluation"]), "baseline": _summary(base["evaluation"])}
+    return {"classifier_val_auc": float(clf["metrics"].get("val_auc", float("nan"))),
+            "shifted": _summary(shifted["evaluation"]), "baseline": _summary(base["evaluation"])}
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -124,16 +138,41 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def plot_pairs(rows: list[dict[str, Any]], path: str) -> bytes:
+    """Per seed, the held-out diseased-eye gap (left) and diseased - healthy gap (right) of the
+    baseline and the shifted run, joined by a line: the paired comparison at a glance."""
+    from medray.evaluation import plots
+
+    fig = plots.new_figure((9.0, 4.2))
+    with plots.style():
+        for k, (key, title) in enumerate((("gap_disease", "diseased eyes: mean age gap"),
+                                          ("gap_disease_minus_healthy", "diseased - healthy age gap"))):
+            ax = fig.add_subplot(1, 2, k + 1)
+            for r in rows:
+                b, s = r["baseline"][key], r["shifted"][key]
+                up = s > b
+                ax.plot([0, 1], [b, s], marker="o", color=plots.series_style(0 if up else 1)["color"], alpha=0.8)
+                ax.annotate(str(r["seed"]), (1.03, s), fontsize=7, va="center")
+            ax.set_xticks([0, 1], ["baseline\n(mean-variance)", "shifted"])
+            ax.set_xlim(-0.3, 1.3)
+            ax.axhline(0, color="0.6", lw=0.8)
+            ax.set_ylabel("years")
+            ax.set_title(title)
+        fig.suptitle(f"Retinal age: the disease-aware shift vs the baseline ({len(rows)} seeds, held-out eyes)")
+        return plots.figure_png(fig, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/bench/retinal_age_shift")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--n", type=int, default=200)
-    ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--baseline", default="mean_variance", choices=["mean_variance", "ldl", "l1"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
+    for k, v in STUDY.items():
+        if k == "baseline":
+            ap.add_argument("--baseline", default=v, choices=["mean_variance", "ldl", "l1"])
+        elif k == "scheduler":
+            ap.add_argument("--scheduler", default=v, choices=["cosine", "step", "none"])
+        else:
+            ap.add_argument("--" + k.replace("_", "-"), type=int, default=v)
     args = ap.parse_args(argv)
 
     import ray
@@ -142,8 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     res_path = out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else []
-    key = {"n": args.n, "size": args.size, "epochs": args.epochs, "batch_size": args.batch_size,
-           "workers": args.workers, "baseline": args.baseline}
+    key = {k: getattr(args, k) for k in STUDY}
     done = {r["seed"] for r in results if r["setup"] == key}
     for seed in args.seeds:
         if seed in done:
@@ -152,13 +190,13 @@ def main(argv: list[str] | None = None) -> int:
             ray.init(include_dashboard=False, log_to_driver=False)
         root = out / "_".join(f"{k}{v}" for k, v in key.items()) / f"seed{seed}"
         t0 = time.time()
-        pair = run_pair(str(root), seed, args.n, args.epochs, args.size, args.workers, args.batch_size,
-                        args.baseline)
+        pair = run_pair(str(root), seed, **key)
         row = {"seed": seed, "setup": key, "seconds": round(time.time() - t0, 1), **pair}
         s, b = pair["shifted"], pair["baseline"]
         print(f"seed {seed}: diseased-eye gap shifted {s['gap_disease']:+.2f} vs baseline {b['gap_disease']:+.2f} "
               f"(diseased - healthy {s['gap_disease_minus_healthy']:+.2f} vs {b['gap_disease_minus_healthy']:+.2f}; "
-              f"MAE {s['mae']:.2f} vs {b['mae']:.2f}; {row['seconds']} s)", flush=True)
+              f"MAE {s['mae']:.2f} vs {b['mae']:.2f}; classifier val AUC {pair['classifier_val_auc']:.2f}; "
+              f"{row['seconds']} s)", flush=True)
         results.append(row)
         storage.write_text(str(res_path), json.dumps(results, indent=1))
     rows = [r for r in results if r["setup"] == key and r["seed"] in args.seeds]
@@ -173,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
           f"(min {d['min']:+.2f}, max {d['max']:+.2f}; shifted larger in {d['wins']}/{len(rows)})")
     print(f"  diseased - healthy gap, shifted - baseline: {dd['mean']:+.2f} +- {dd['std']:.2f} years "
           f"(min {dd['min']:+.2f}; larger in {dd['wins']}/{len(rows)})")
-    print(f"results: {res_path}")
+    plot_pairs(rows, str(out / "retinal_age_shift.png"))
+    print(f"results: {res_path}\nplot:    {out / 'retinal_age_shift.png'}")
     return 0
 
 
