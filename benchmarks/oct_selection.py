@@ -1,7 +1,8 @@
 """OCT candidate selection on generated layered B-scans of three widths, repeated over data seeds.
 
 Per seed: a fresh generated OCT set (all 14 structures, scan widths cycling 512 / 768 / 1024, height
-``--height``; split by patient before windowing), then ``medray tune`` over the four smp architectures
+``--height``, one B-scan per eye by default so the 48 scans come from 24 patients; split by patient
+before windowing), then ``medray tune`` over the four smp architectures
 (Unet, UnetPlusPlus, FPN, DeepLabV3Plus) with ASHA, exactly as ``tune/oct_candidates.yaml`` but at a
 size this machine can train. The best candidate is scored by whole-scan stitched inference on the
 held-out test scans. Prints per seed the selected architecture and the held-out mean IoU (all classes
@@ -9,7 +10,8 @@ present, and foreground = without vitreous/background), then mean +- std over se
 accumulate in OUT/results.json (a re-run skips finished seeds).
 
     python benchmarks/oct_selection.py [--seeds 0 1 2] [--n 48] [--height 128] [--epochs 6]
-    python benchmarks/oct_selection.py --manifest runs/data/duke.parquet --seeds 0   # a real set
+    python benchmarks/oct_selection.py --manifest runs/data/duke_dme.parquet --seeds 0 \
+        --window 128 --stride 96 --epochs 4 --archs oct_unet oct_fpn --convs 2     # the real Duke DME set
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=48, help="generated B-scans per seed (8 per eye)")
     ap.add_argument("--height", type=int, default=128)
     ap.add_argument("--widths", type=int, nargs="+", default=[512, 768, 1024])
+    ap.add_argument("--scans-per-eye", type=int, default=1,
+                    help="B-scans per eye (the split is by patient: 48 scans, 1 per eye = 24 patients)")
     ap.add_argument("--manifest", default=None, help="use this oct_seg manifest instead of generated scans")
     ap.add_argument("--window", type=int, default=64)
     ap.add_argument("--stride", type=int, default=48)
@@ -42,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--lr", type=float, default=0.005)
     ap.add_argument("--eval-max-scans", type=int, default=16)
+    ap.add_argument("--archs", nargs="+", default=["oct_unet", "oct_unetplusplus", "oct_fpn", "oct_deeplabv3plus"],
+                    help="candidate architectures (a grid)")
+    ap.add_argument("--convs", type=int, nargs="+", default=[1, 2], help="choices of convolutions per block")
     args = ap.parse_args(argv)
 
     from medray.data.synth import synth
@@ -51,19 +58,20 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     res_path = out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else []
-    setup = {k: getattr(args, k) for k in ("n", "height", "widths", "manifest", "window", "stride", "encoder",
-                                           "epochs", "lr")}
+    setup = {k: getattr(args, k) for k in ("n", "height", "widths", "scans_per_eye", "manifest", "window", "stride",
+                                           "encoder", "epochs", "lr", "archs", "convs")}
     done = {r["seed"] for r in results if r["setup"] == setup}
     for seed in args.seeds:
         if seed in done:
             continue
-        tag = "real" if args.manifest else f"n{args.n}_h{args.height}"
+        tag = "real" if args.manifest else f"n{args.n}_h{args.height}_spe{args.scans_per_eye}"
         root = out / f"{tag}_e{args.epochs}_{args.encoder}" / f"seed{seed}"
         manifest = args.manifest
         if not manifest:
             manifest = str(root / "data" / "oct.parquet")
             if not Path(manifest).exists():
-                synth("oct", args.n, manifest, size=args.height, widths=args.widths, seed=seed)
+                synth("oct", args.n, manifest, size=args.height, widths=args.widths, seed=seed,
+                      scans_per_eye=args.scans_per_eye)
         job = {"method": "oct_layers",
                "model": {"name": "oct_unet", "in_chans": 1,
                          "kwargs": {"encoder": args.encoder, "encoder_depth": 3, "decoder_channels": 32,
@@ -78,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         (root / "jobs").mkdir(parents=True, exist_ok=True)
         (root / "jobs" / "oct.yaml").write_text(yaml.safe_dump(job))
         spec = {"name": "octsel", "job": "../jobs/oct.yaml",
-                "space": {"model.name": {"grid": ["oct_unet", "oct_unetplusplus", "oct_fpn", "oct_deeplabv3plus"]},
-                          "model.kwargs.convs_per_block": {"choice": [1, 2]}},
+                "space": {"model.name": {"grid": list(args.archs)},
+                          "model.kwargs.convs_per_block": {"choice": list(args.convs)}},
                 "num_samples": 1, "metric": "val_miou", "mode": "max", "seed": seed,
                 "scheduler": {"type": "asha", "grace_period": 2, "reduction_factor": 2},
                 "max_concurrent_trials": 1, "trial_resources": {"cpu": 0.1},
