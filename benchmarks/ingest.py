@@ -36,6 +36,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
 
 # PIL's arrays are read-only; the DataLoader's collate copies them anyway
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -49,22 +51,26 @@ def collect_images(data: Path) -> list[str]:
     return files
 
 
+class NaiveImages:
+    """What a typical training script's Dataset does: ``files`` listed ``repeat`` times, each item
+    ``PIL.Image.open(f).convert("RGB").resize((size, size))`` as a uint8 tensor."""
+
+    def __init__(self, files: list[str], size: int, repeat: int = 1):
+        self.files, self.size, self.repeat = files, size, repeat
+
+    def __len__(self) -> int:
+        return len(self.files) * self.repeat
+
+    def __getitem__(self, i: int):
+        im = Image.open(self.files[i % len(self.files)]).convert("RGB").resize((self.size, self.size),
+                                                                               Image.BILINEAR)
+        return torch.from_numpy(np.asarray(im))
+
+
 def baseline(files: list[str], size: int, repeat: int, workers: int) -> float:
-    import torch
-    from PIL import Image
-
-    class Naive(torch.utils.data.Dataset):
-        def __len__(self) -> int:
-            return len(files) * repeat
-
-        def __getitem__(self, i: int):
-            im = Image.open(files[i % len(files)]).convert("RGB").resize((size, size), Image.BILINEAR)
-            return torch.from_numpy(np.asarray(im))
-
     def run(n_rep: int) -> tuple[int, float]:
-        ds = Naive()
-        ds.__len__ = lambda: len(files) * n_rep  # type: ignore[method-assign]
-        dl = torch.utils.data.DataLoader(ds, batch_size=16, num_workers=workers, persistent_workers=False)
+        dl = torch.utils.data.DataLoader(NaiveImages(files, size, n_rep), batch_size=16, num_workers=workers,
+                                         persistent_workers=False)
         t0, n = time.perf_counter(), 0
         for b in dl:
             n += len(b)
@@ -115,19 +121,8 @@ def medray_pipeline(files: list[str], size: int, repeat: int) -> float:
 
 def baseline_epochs(files: list[str], size: int, epochs: int, workers: int) -> float:
     """A plain training script's input loop: the same DataLoader, iterated ``epochs`` times."""
-    import torch
-    from PIL import Image
-
-    class Naive(torch.utils.data.Dataset):
-        def __len__(self) -> int:
-            return len(files)
-
-        def __getitem__(self, i: int):
-            im = Image.open(files[i]).convert("RGB").resize((size, size), Image.BILINEAR)
-            return torch.from_numpy(np.asarray(im))
-
-    dl = torch.utils.data.DataLoader(Naive(), batch_size=16, num_workers=workers, persistent_workers=True,
-                                     shuffle=True)
+    dl = torch.utils.data.DataLoader(NaiveImages(files, size), batch_size=16, num_workers=workers,
+                                     persistent_workers=True, shuffle=True)
     for _ in dl:  # warm-up epoch (page cache, worker start)
         pass
     t0, n = time.perf_counter(), 0

@@ -239,8 +239,7 @@ def step_serve(out: str, data: str, models: list[str]) -> dict[str, Any]:
     from ray import serve
 
     from medray.serving.app import AppArgs, build_app
-    from medray.netutil import free_port
-    from medray.netutil import wait_healthy
+    from medray.netutil import free_port, wait_healthy
 
     image = os.path.join(data, "fundus_skimage", "retina.jpg")
     if not os.path.exists(image):

@@ -102,6 +102,11 @@ class StudySpec(StrictModel):
                              "that launches a TorchTrainer needs a placement")
         return self
 
+    @property
+    def trial_cpu(self) -> float:
+        """The CPUs a trial's own placement holds (``trial_resources`` keys are case-insensitive)."""
+        return float({k.lower(): v for k, v in self.trial_resources.items()}.get("cpu", 0.0))
+
 
 # --------------------------------------------------------------------------------------------
 
@@ -226,7 +231,7 @@ def auto_concurrency(spec: StudySpec, base: dict[str, Any]) -> int:
     res = ray.cluster_resources()
     sc = base.get("scaling", {}) or {}
     n = int(sc.get("num_workers", 1))
-    trial_cpu = float(spec.trial_resources.get("cpu", 0.0))
+    trial_cpu = spec.trial_cpu
     total = float(res.get("CPU", 1.0))
     # the launcher lowers the per-worker request the same way (one trial alone on the cluster)
     cpus = worker_cpus(n, float(sc.get("cpus_per_worker", 1.0)), total, trial_cpu)
@@ -257,7 +262,7 @@ def run_study(path: str, overrides: list[str] | tuple[str, ...] = ()) -> dict[st
     concurrency = spec.max_concurrent_trials if spec.max_concurrent_trials != "auto" else auto_concurrency(spec, base)
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, base=base, study=spec.name, trials_dir=trials_dir,
-                             trial_cpu=float(spec.trial_resources.get("cpu", spec.trial_resources.get("CPU", 0.0))),
+                             trial_cpu=spec.trial_cpu,
                              concurrency=concurrency),
         {k.lower(): v for k, v in spec.trial_resources.items()})
     tune_root = storage.to_uri(spec.storage_path)

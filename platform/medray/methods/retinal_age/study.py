@@ -172,15 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/bench/retinal_age_shift")
     ap.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
+    choices = {"baseline": ["mean_variance", "ldl", "l1"], "scheduler": ["cosine", "step", "none"],
+               "select": ["last", "best"]}
     for k, v in STUDY.items():
-        if k == "baseline":
-            ap.add_argument("--baseline", default=v, choices=["mean_variance", "ldl", "l1"])
-        elif k == "scheduler":
-            ap.add_argument("--scheduler", default=v, choices=["cosine", "step", "none"])
-        elif k == "select":
-            ap.add_argument("--select", default=v, choices=["last", "best"])
-        else:
-            ap.add_argument("--" + k.replace("_", "-"), type=int, default=v)
+        ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v, choices=choices.get(k))
     args = ap.parse_args(argv)
 
     import ray
