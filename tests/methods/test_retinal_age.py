@@ -13,7 +13,7 @@ import torch
 
 from medray.methods.retinal_age import losses, offsets
 from medray.methods.retinal_age.offsets import OffsetSpec
-from medray.methods.retinal_age.study import age_job, classifier_job
+from medray.methods.retinal_age.study import STUDY, age_job, classifier_job
 from medray.methods.retinal_age.study import make_data as make_age_data
 
 # --------------------------------------------------------------------------------------------
@@ -251,6 +251,8 @@ def test_age_metrics_and_plots(tmp_path):
     dy = np.array(audit["dy"].to_pylist())
     m = evaluate.age_metrics(age, pred, dy, disease)
     assert m["n"] == 400 and m["mae_dy0"] < m["mae"]
+    # the constant reference: the median age's MAE (~5 y for ages uniform over 20 years), beaten here
+    assert m["mae_constant"] == pytest.approx(np.abs(age - np.median(age)).mean()) and m["mae"] < m["mae_constant"]
     assert m["gap_disease"]["mean"] == pytest.approx(np.mean((pred - age)[disease == 1]))
     assert m["gap_disease_minus_healthy"] > 4 and m["gap_dy_pos"]["mean"] > m["gap_dy0"]["mean"]
     paths = evaluate.plot_offsets(audit, stats, str(tmp_path)) + evaluate.plot_predictions(
@@ -292,7 +294,7 @@ def test_config_validation_names_the_field(tmp_path):
 @pytest.fixture(scope="module")
 def age_data(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("age"))
-    age_uri, dis_uri = make_age_data(root, n=N_ROWS, seed=0)
+    age_uri, dis_uri = make_age_data(root, seed=0)
     return root, age_uri, dis_uri
 
 
@@ -308,8 +310,8 @@ def classifier(ray_cluster, age_data):
     return f"{root}/catalog", out
 
 
-EPOCHS = 12
-N_ROWS = 200
+EPOCHS = STUDY["epochs"]
+N_ROWS = STUDY["n"]  # the study's setup (benchmarks/retinal_age_shift.py) is this test's setup
 
 
 @pytest.fixture(scope="module")
@@ -319,7 +321,7 @@ def shifted_run(ray_cluster, age_data, classifier):
 
     root, age_uri, _ = age_data
     catalog, _ = classifier
-    job = age_job(age_uri, f"{root}/runs", catalog, "age_shifted", loss="shifted", epochs=EPOCHS)
+    job = age_job(age_uri, f"{root}/runs", catalog, "age_shifted", loss="shifted")
     return job, run_job(job)
 
 
@@ -373,16 +375,18 @@ def test_job_chains_stages_publishes_and_skips_finished_stages(age_data, classif
     assert out2["evaluation"]["mae"] == out["evaluation"]["mae"]
 
 
-# The shift's effect on the held-out diseased-eye age gap is MEASURED here and printed, not asserted.
-# The repeated study runs exactly this setup (python benchmarks/retinal_age_shift.py, 10 data seeds): the
-# shifted run's diseased-eye gap minus the baseline's was +1.64 +- 1.25 years, larger in 10 of 10 seeds, but
-# the smallest was +0.14, and the healthy eyes' gap rose as much (+1.86): the diseased - healthy contrast
-# did not grow (-0.22 +- 0.58). A margin that never fails would be ~0 and would assert a general upward
-# bias, not the disease-aware effect. See README "Method results".
+# The margins come from the repeated study of exactly this setup (python benchmarks/retinal_age_shift.py,
+# 10 data seeds; README "Method results"). Shifted minus baseline on the held-out eyes:
+#   diseased-eye age gap          +2.62 +- 1.00 years, min +1.22, larger in 10/10  -> margin 0.5 years
+#   diseased - healthy contrast   +2.46 +- 1.28 years, min +0.28, larger in 10/10  -> must be > 0
+# The first is the seed's claim; the second says the gap is the diseased eyes' own, not the whole model
+# moving older. Both models must also beat a constant prediction on the unshifted eyes, or the comparison
+# says nothing (the study measured dy=0 MAE 2.3-3.8 years against a constant's 4.6-5.5).
+SHIFT_MARGIN_YEARS = 0.5
 
 
 @pytest.mark.slow
-def test_baseline_is_one_switch_on_the_same_stages_and_the_effect_is_measured(age_data, classifier, shifted_run):
+def test_shift_gives_the_diseased_eyes_a_larger_gap_than_the_baseline(age_data, classifier, shifted_run):
     from medray.training.launcher import run_job
 
     root, age_uri, _ = age_data
@@ -394,7 +398,7 @@ def test_baseline_is_one_switch_on_the_same_stages_and_the_effect_is_measured(ag
 
     for st in ("responses", "offsets"):
         shutil.copytree(Path(root) / "runs" / "age_shifted" / st, Path(root) / "runs" / "age_baseline" / st)
-    base = run_job(age_job(age_uri, f"{root}/runs", catalog, "age_baseline", loss="mean_variance", epochs=EPOCHS))
+    base = run_job(age_job(age_uri, f"{root}/runs", catalog, "age_baseline", loss=STUDY["baseline"]))
     assert base["stages"]["responses"] == "skipped" and base["stages"]["train"] == "ran"
     s, b = shifted["evaluation"], base["evaluation"]
     # the same images, responses and offsets; only the loss differs
@@ -403,9 +407,10 @@ def test_baseline_is_one_switch_on_the_same_stages_and_the_effect_is_measured(ag
           f"{b['gap_disease_minus_healthy']:.2f}; diseased gap: shifted {s['gap_disease']['mean']:.2f} vs baseline {b['gap_disease']['mean']:.2f}; "
           f"dy>0 gap: shifted {s['gap_dy_pos']['mean']:.2f} vs baseline {b['gap_dy_pos']['mean']:.2f}; "
           f"MAE dy=0: {s['mae_dy0']:.2f} vs {b['mae_dy0']:.2f}")
-    # both runs are evaluated on the same rows with finite metrics; the comparison is the printed figure
-    for r in (s, b):
-        assert np.isfinite(r["mae"]) and np.isfinite(r["gap_disease_minus_healthy"]), r
+    for r in (s, b):  # both learned age: a comparison of two constants would say nothing
+        assert r["mae_dy0"] < r["mae_constant"], r
+    assert s["gap_disease"]["mean"] - b["gap_disease"]["mean"] > SHIFT_MARGIN_YEARS
+    assert s["gap_disease_minus_healthy"] > b["gap_disease_minus_healthy"]
 
 
 @pytest.mark.slow

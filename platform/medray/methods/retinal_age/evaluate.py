@@ -1,7 +1,8 @@
 """Evaluation of METHODS.md §1: metrics and the plots a person looks at.
 
 * :func:`age_metrics`: MAE and Pearson r of retinal age against true age, overall and on the ``dy = 0``
-  subset; the age gap (retinal - chronological) for ``dy = 0`` vs ``dy > 0`` (and for the ``disease``
+  subset (and ``mae_healthy`` on disease-free eyes when the manifest has a ``disease`` flag), beside
+  ``mae_constant``, the MAE of the best constant prediction (a model that learned no age); the age gap (retinal - chronological) for ``dy = 0`` vs ``dy > 0`` (and for the ``disease``
   flag when the manifest has it).
 * :func:`plot_offsets`: the offset histogram and the per-age response distributions with ``T_a`` and
   ``M_a`` marked (stage 2).
@@ -35,6 +36,8 @@ def age_metrics(age: Any, pred: Any, dy: Any, disease: Any = None) -> dict[str, 
     if len(age) >= 2:
         out["mae"] = M.mae(age, pred)
         out["pearson_r"] = M.pearson_r(age, pred)
+        # the reference a model must beat: the best constant prediction (the median age of these rows)
+        out["mae_constant"] = M.mae(age, np.full_like(age, np.median(age)))
     if zero.sum() >= 2:
         out["mae_dy0"] = M.mae(age[zero], pred[zero])
         out["pearson_r_dy0"] = M.pearson_r(age[zero], pred[zero])
@@ -46,6 +49,9 @@ def age_metrics(age: Any, pred: Any, dy: Any, disease: Any = None) -> dict[str, 
         out["gap_disease"] = _gap_stats(gap[ok & (d > 0)])
         out["gap_healthy"] = _gap_stats(gap[ok & (d == 0)])
         out["gap_disease_minus_healthy"] = out["gap_disease"]["mean"] - out["gap_healthy"]["mean"]
+        h = ok & (d == 0)
+        if h.sum() >= 2:  # the eyes whose retinal age should equal their age
+            out["mae_healthy"] = M.mae(age[h], pred[h])
     return out
 
 

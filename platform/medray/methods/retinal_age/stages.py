@@ -310,8 +310,13 @@ def stage_evaluate(job: Config, card: dict[str, Any]) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001
         _say(f"could not plot predictions: {e}")
     storage.write_json(storage.join(out, "metrics.json"), metrics, job.storage.s3)
-    _say(f"  MAE {metrics.get('mae', math.nan):.2f} y, r {metrics.get('pearson_r', math.nan):.3f}; gap dy=0 "
-         f"{metrics['gap_dy0']['mean']:.2f}, dy>0 {metrics['gap_dy_pos']['mean']:.2f}")
+    mae, const = metrics.get("mae", math.nan), metrics.get("mae_constant", math.nan)
+    _say(f"  MAE {mae:.2f} y (a constant prediction: {const:.2f} y), r {metrics.get('pearson_r', math.nan):.3f}; "
+         f"gap dy=0 {metrics['gap_dy0']['mean']:.2f}, dy>0 {metrics['gap_dy_pos']['mean']:.2f}")
+    if mae >= 0.9 * const:
+        _say(f"  warning: MAE {mae:.2f} y is not clearly below the {const:.2f} y of one age predicted for every "
+             "eye: the model learned little age, so its age gaps say little (more images or epochs, a larger "
+             "image_size, or a lower lr)")
     return _mark(job, "evaluate", metrics)
 
 

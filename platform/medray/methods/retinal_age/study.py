@@ -6,14 +6,18 @@ model), then the retinal-age job runs twice on the same responses and offsets: o
 loss and once with the unshifted baseline (``head.loss``). The question is the seed's claim: does the
 shift make the model report a larger age gap for the diseased eyes (held-out rows)?
 
-    python -m medray.methods.retinal_age.study --seeds 0 1 2 3 4 5 6 7 8 9 [--n 200 --epochs 12] [--out DIR]
+    python -m medray.methods.retinal_age.study --seeds 0 1 2 3 4 5 6 7 8 9 [--n 400 --epochs 24] [--out DIR]
 
-The defaults are exactly the setup of ``tests/methods/test_retinal_age.py`` (200 photos rendered at 64
-px; the stage-1 classifier at 64 px, where drusen and blot haemorrhages are visible; the age model at 32
-px, 12 epochs with a cosine learning-rate schedule, the last epoch's model evaluated, 2 DDP workers), so
-the spread this study measures is the spread of that test's figures. Results accumulate in
-``OUT/results.json`` (a re-run skips finished seeds); the summary prints the per-seed diseased-eye gap
-of both runs and the paired difference, and ``OUT/retinal_age_shift.png`` plots the pairs.
+The defaults (:data:`STUDY`) are exactly the setup of ``tests/methods/test_retinal_age.py`` (400 photos
+rendered at 64 px; the stage-1 classifier at 64 px, where drusen and blot haemorrhages are visible; the
+age model at 64 px, 24 epochs of 8 images per worker on 2 DDP workers, about 400 optimizer steps, with a
+cosine learning-rate schedule, the last epoch's model evaluated), so the spread this study measures is
+the spread of that test's figures, and the test's margins come from it. The age model must learn age
+for the comparison to mean anything: with 200 photos, 32 px and 16 per worker (36 steps in all) it
+stayed near a constant prediction, and the shift then only moved that constant. Results accumulate in
+``OUT/results.json`` (a re-run skips finished seeds); the summary prints the per-seed diseased-eye gap,
+diseased - healthy contrast and healthy-eye MAE of both runs and their paired differences, and
+``OUT/retinal_age_shift.png`` plots the pairs.
 ``benchmarks/retinal_age_shift.py`` runs :func:`main`.
 """
 
@@ -29,12 +33,12 @@ from typing import Any
 from medray import storage
 
 
-STUDY = {"n": 200, "render_size": 64, "clf_size": 64, "clf_epochs": 8, "size": 32, "epochs": 12,
-         "batch_size": 16, "workers": 2, "scheduler": "cosine", "select": "last", "baseline": "mean_variance"}
+STUDY = {"n": 400, "render_size": 64, "clf_size": 64, "clf_epochs": 8, "size": 64, "epochs": 24,
+         "batch_size": 8, "workers": 2, "scheduler": "cosine", "select": "last", "baseline": "mean_variance"}
 """The study's (and the test's) setup."""
 
 
-def make_data(root: str, n: int = 200, seed: int = 0, size: int = 64, s3: Any = None,
+def make_data(root: str, n: int = STUDY["n"], seed: int = 0, size: int = STUDY["render_size"], s3: Any = None,
               disease_rate: float = 0.35) -> tuple[str, str]:
     """``fundus_age`` images (ages 40-60, ``disease_rate`` of them with an aging disease that makes the
     eye look 6-16 years older) and a ``fundus_disease`` manifest over the SAME image files (label = the
@@ -53,8 +57,8 @@ def make_data(root: str, n: int = 200, seed: int = 0, size: int = 64, s3: Any = 
     return age_uri, dis_uri
 
 
-def classifier_job(dis_uri: str, storage_path: str, catalog: str, name: str = "disease_clf", epochs: int = 8,
-                   size: int = 64, seed: int = 0):
+def classifier_job(dis_uri: str, storage_path: str, catalog: str, name: str = "disease_clf",
+                   epochs: int = STUDY["clf_epochs"], size: int = STUDY["clf_size"], seed: int = 0):
     """The stage-1 model: the ``classify`` method on the disease manifest, published as ``name``."""
     from medray.config import validate
     from medray.methods.classify import Config as ClassifyConfig
@@ -70,9 +74,10 @@ def classifier_job(dis_uri: str, storage_path: str, catalog: str, name: str = "d
     }, source="study")
 
 
-def age_job(age_uri: str, storage_path: str, catalog: str, name: str, loss: str = "shifted", epochs: int = 12,
-            workers: int = 2, seed: int = 0, size: int = 32, batch_size: int = 16, scheduler: str = "cosine",
-            select: str = "last", **over: Any):
+def age_job(age_uri: str, storage_path: str, catalog: str, name: str, loss: str = "shifted",
+            epochs: int = STUDY["epochs"], workers: int = STUDY["workers"], seed: int = 0, size: int = STUDY["size"],
+            batch_size: int = STUDY["batch_size"], scheduler: str = STUDY["scheduler"], select: str = STUDY["select"],
+            **over: Any):
     """The retinal-age job on the generated set; ``over`` takes ``section__key=value`` overrides.
 
     ``select``: the checkpoint evaluated and published, ``last`` (the end of the cosine schedule) or
@@ -104,12 +109,16 @@ def age_job(age_uri: str, storage_path: str, catalog: str, name: str, loss: str 
 def _summary(ev: dict[str, Any]) -> dict[str, float]:
     return {"gap_disease": ev["gap_disease"]["mean"], "gap_healthy": ev["gap_healthy"]["mean"],
             "gap_disease_minus_healthy": ev["gap_disease_minus_healthy"], "mae": ev["mae"],
-            "mae_dy0": ev.get("mae_dy0", float("nan")), "n": ev["n"], "n_disease": ev["gap_disease"]["n"]}
+            "mae_dy0": ev.get("mae_dy0", float("nan")), "mae_healthy": ev.get("mae_healthy", float("nan")),
+            "mae_constant": ev.get("mae_constant", float("nan")),
+            "n": ev["n"], "n_disease": ev["gap_disease"]["n"]}
 
 
-def run_pair(root: str, seed: int, n: int = 200, epochs: int = 12, size: int = 32, workers: int = 2,
-             batch_size: int = 16, baseline: str = "mean_variance", render_size: int = 64, clf_size: int = 64,
-             clf_epochs: int = 8, scheduler: str = "cosine", select: str = "last") -> dict[str, Any]:
+def run_pair(root: str, seed: int, n: int = STUDY["n"], epochs: int = STUDY["epochs"], size: int = STUDY["size"],
+             workers: int = STUDY["workers"], batch_size: int = STUDY["batch_size"], baseline: str = STUDY["baseline"],
+             render_size: int = STUDY["render_size"], clf_size: int = STUDY["clf_size"],
+             clf_epochs: int = STUDY["clf_epochs"], scheduler: str = STUDY["scheduler"],
+             select: str = STUDY["select"]) -> dict[str, Any]:
     """Data + classifier + the shifted run + the baseline on the shifted run's stages 1-2 (the same
     responses and offsets, so only the loss differs). Returns both runs' held-out summaries and the
     classifier's validation AUC."""
@@ -137,29 +146,32 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     d = np.array([r["shifted"]["gap_disease"] - r["baseline"]["gap_disease"] for r in rows])
     dd = np.array([r["shifted"]["gap_disease_minus_healthy"] - r["baseline"]["gap_disease_minus_healthy"]
                    for r in rows])
+    mh = np.array([r["shifted"].get("mae_healthy", np.nan) - r["baseline"].get("mae_healthy", np.nan) for r in rows])
     out = {"seeds": [r["seed"] for r in rows], "n_runs": len(rows)}
-    for key, v in (("diff_gap_disease", d), ("diff_gap_disease_minus_healthy", dd)):
+    for key, v in (("diff_gap_disease", d), ("diff_gap_disease_minus_healthy", dd), ("diff_mae_healthy", mh)):
         out[key] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
                     "min": float(v.min()), "max": float(v.max()), "wins": int((v > 0).sum())}
     return out
 
 
 def plot_pairs(rows: list[dict[str, Any]], path: str) -> bytes:
-    """Per seed, the held-out diseased-eye gap (left) and diseased - healthy gap (right) of the
-    baseline and the shifted run, joined by a line: the paired comparison at a glance."""
+    """Per seed, the held-out diseased-eye gap, the diseased - healthy gap and the healthy eyes' MAE of
+    the baseline and the shifted run, joined by a line (blue where the shift moved it the expected way:
+    up for the gaps, down for the MAE): the paired comparison at a glance."""
     from medray.evaluation import plots
 
-    fig = plots.new_figure((9.0, 4.2))
+    panels = (("gap_disease", "diseased eyes: mean age gap", 1), ("gap_disease_minus_healthy",
+              "diseased - healthy age gap", 1), ("mae_healthy", "healthy eyes: MAE", -1))
+    fig = plots.new_figure((13.0, 4.2))
     with plots.style():
-        for k, (key, title) in enumerate((("gap_disease", "diseased eyes: mean age gap"),
-                                          ("gap_disease_minus_healthy", "diseased - healthy age gap"))):
-            ax = fig.add_subplot(1, 2, k + 1)
+        for k, (key, title, sign) in enumerate(panels):
+            ax = fig.add_subplot(1, 3, k + 1)
             for r in rows:
-                b, s = r["baseline"][key], r["shifted"][key]
-                up = s > b
+                b, s = r["baseline"].get(key, float("nan")), r["shifted"].get(key, float("nan"))
+                up = (s - b) * sign > 0
                 ax.plot([0, 1], [b, s], marker="o", color=plots.series_style(0 if up else 1)["color"], alpha=0.8)
                 ax.annotate(str(r["seed"]), (1.03, s), fontsize=7, va="center")
-            ax.set_xticks([0, 1], ["baseline\n(mean-variance)", "shifted"])
+            ax.set_xticks([0, 1], [f"baseline\n({rows[0]['setup']['baseline']})", "shifted"])
             ax.set_xlim(-0.3, 1.3)
             ax.axhline(0, color="0.6", lw=0.8)
             ax.set_ylabel("years")
@@ -198,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         s, b = pair["shifted"], pair["baseline"]
         print(f"seed {seed}: diseased-eye gap shifted {s['gap_disease']:+.2f} vs baseline {b['gap_disease']:+.2f} "
               f"(diseased - healthy {s['gap_disease_minus_healthy']:+.2f} vs {b['gap_disease_minus_healthy']:+.2f}; "
-              f"MAE {s['mae']:.2f} vs {b['mae']:.2f}; classifier val AUC {pair['classifier_val_auc']:.2f}; "
+              f"healthy-eye MAE {s['mae_healthy']:.2f} vs {b['mae_healthy']:.2f}, a constant {s['mae_constant']:.2f}; "
+              f"classifier val AUC {pair['classifier_val_auc']:.2f}; "
               f"{row['seconds']} s)", flush=True)
         results.append(row)
         storage.write_text(str(res_path), json.dumps(results, indent=1))
@@ -214,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
           f"(min {d['min']:+.2f}, max {d['max']:+.2f}; shifted larger in {d['wins']}/{len(rows)})")
     print(f"  diseased - healthy gap, shifted - baseline: {dd['mean']:+.2f} +- {dd['std']:.2f} years "
           f"(min {dd['min']:+.2f}; larger in {dd['wins']}/{len(rows)})")
+    mh = summ["diff_mae_healthy"]
+    print(f"  healthy-eye MAE, shifted - baseline: {mh['mean']:+.2f} +- {mh['std']:.2f} years "
+          f"(max {mh['max']:+.2f}; lower in {int(sum(r['shifted']['mae_healthy'] < r['baseline']['mae_healthy'] for r in rows))}"
+          f"/{len(rows)})")
     plot_pairs(rows, str(out / "retinal_age_shift.png"))
     print(f"results: {res_path}\nplot:    {out / 'retinal_age_shift.png'}")
     return 0
