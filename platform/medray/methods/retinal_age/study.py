@@ -34,7 +34,8 @@ from medray import storage
 
 
 STUDY = {"n": 400, "render_size": 64, "clf_size": 64, "clf_epochs": 8, "size": 64, "epochs": 24,
-         "batch_size": 8, "workers": 2, "scheduler": "cosine", "select": "last", "baseline": "mean_variance"}
+         "batch_size": 8, "workers": 2, "scheduler": "cosine", "select": "last", "baseline": "mean_variance",
+         "p": 0.35}
 """The study's (and the test's) setup."""
 
 
@@ -77,12 +78,13 @@ def classifier_job(dis_uri: str, storage_path: str, catalog: str, name: str = "d
 def age_job(age_uri: str, storage_path: str, catalog: str, name: str, loss: str = "shifted",
             epochs: int = STUDY["epochs"], workers: int = STUDY["workers"], seed: int = 0, size: int = STUDY["size"],
             batch_size: int = STUDY["batch_size"], scheduler: str = STUDY["scheduler"], select: str = STUDY["select"],
-            **over: Any):
+            p: float = STUDY["p"], **over: Any):
     """The retinal-age job on the generated set; ``over`` takes ``section__key=value`` overrides.
 
     ``select``: the checkpoint evaluated and published, ``last`` (the end of the cosine schedule) or
     ``best`` (lowest validation MAE: on ~30 validation eyes that picked an epoch-2 model in one seed of
-    ten, whose overall bias then decided the comparison)."""
+    ten, whose overall bias then decided the comparison). ``p``: ``offsets.p``, the top share of each age
+    group that may be shifted (the study's 0.35 is the generated disease rate; the seed's default is 0.025)."""
     from medray.config import validate
     from medray.methods.retinal_age import Config
 
@@ -91,7 +93,7 @@ def age_job(age_uri: str, storage_path: str, catalog: str, name: str, loss: str 
         "data": {"manifests": [age_uri], "image_size": size, "decode_batch_size": 32, "val_splits": ["val"],
                  "eval_splits": ["val", "test"], "augment": {"enabled": False}},
         "responses": {"classifier": "disease_clf", "classifier_catalog": catalog, "batch_size": 64},
-        "offsets": {"p": 0.35, "min_group_size": 8, "pool_window": 1},
+        "offsets": {"p": p, "min_group_size": 8, "pool_window": 1},
         "head": {"age_min": 35, "age_max": 80, "loss": loss},
         "optim": {"epochs": epochs, "batch_size": batch_size, "lr": 0.01, "scheduler": scheduler,
                   "warmup_epochs": 1 if scheduler == "cosine" else 0},
@@ -118,7 +120,7 @@ def run_pair(root: str, seed: int, n: int = STUDY["n"], epochs: int = STUDY["epo
              workers: int = STUDY["workers"], batch_size: int = STUDY["batch_size"], baseline: str = STUDY["baseline"],
              render_size: int = STUDY["render_size"], clf_size: int = STUDY["clf_size"],
              clf_epochs: int = STUDY["clf_epochs"], scheduler: str = STUDY["scheduler"],
-             select: str = STUDY["select"]) -> dict[str, Any]:
+             select: str = STUDY["select"], p: float = STUDY["p"]) -> dict[str, Any]:
     """Data + classifier + the shifted run + the baseline on the shifted run's stages 1-2 (the same
     responses and offsets, so only the loss differs). Returns both runs' held-out summaries and the
     classifier's validation AUC."""
@@ -129,7 +131,7 @@ def run_pair(root: str, seed: int, n: int = STUDY["n"], epochs: int = STUDY["epo
     runs = storage.join(root, "runs")
     clf = run_job(classifier_job(dis_uri, runs, catalog, epochs=clf_epochs, size=clf_size, seed=seed))
     common = {"epochs": epochs, "workers": workers, "seed": seed, "size": size, "batch_size": batch_size,
-              "scheduler": scheduler, "select": select}
+              "scheduler": scheduler, "select": select, "p": p}
     shifted = run_job(age_job(age_uri, runs, catalog, "age_shifted", loss="shifted", **common))
     for st in ("responses", "offsets"):
         dst = Path(root) / "runs" / "age_baseline" / st
