@@ -266,6 +266,25 @@ def test_age_metrics_and_plots(tmp_path):
 # config
 
 
+def test_study_summary_pairs_each_seed_and_plots(tmp_path):
+    from medray.methods.retinal_age import study
+
+    def run(gap_d, gap_h, mae_h):
+        return {"gap_disease": gap_d, "gap_healthy": gap_h, "gap_disease_minus_healthy": gap_d - gap_h,
+                "mae_healthy": mae_h}
+
+    rows = [{"seed": 0, "setup": dict(study.STUDY), "shifted": run(5.0, 1.0, 2.5), "baseline": run(2.0, 0.5, 3.0)},
+            {"seed": 1, "setup": dict(study.STUDY), "shifted": run(3.0, 2.0, 3.2), "baseline": run(3.5, 1.0, 3.0)}]
+    out = study.summarize(rows)
+    d, dd, mh = out["diff_gap_disease"], out["diff_gap_disease_minus_healthy"], out["diff_mae_healthy"]
+    assert out["seeds"] == [0, 1] and d["mean"] == pytest.approx(1.25) and (d["min"], d["max"]) == (-0.5, 3.0)
+    assert d["std"] == pytest.approx(np.std([3.0, -0.5], ddof=1)) and d["wins"] == 1
+    assert dd["mean"] == pytest.approx((2.5 - 1.5) / 2) and dd["wins"] == 1
+    assert mh["lower"] == 1 and mh["max"] == pytest.approx(0.2)
+    png = study.plot_pairs(rows, str(tmp_path / "pairs.png"))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "pairs.png").stat().st_size > 5000
+
+
 def test_config_validation_names_the_field(tmp_path):
     from medray.config import load_yaml, validate
     from medray.errors import ConfigError

@@ -1,9 +1,9 @@
 """Evaluation of METHODS.md §1: metrics and the plots a person looks at.
 
 * :func:`age_metrics`: MAE and Pearson r of retinal age against true age, overall and on the ``dy = 0``
-  subset (and ``mae_healthy`` on disease-free eyes when the manifest has a ``disease`` flag), beside
-  ``mae_constant``, the MAE of the best constant prediction (a model that learned no age); the age gap (retinal - chronological) for ``dy = 0`` vs ``dy > 0`` (and for the ``disease``
-  flag when the manifest has it).
+  subset, beside ``mae_constant``, the MAE of the best constant prediction (a model that learned no
+  age); the age gap (retinal - chronological) for ``dy = 0`` vs ``dy > 0``; with a ``disease`` flag in
+  the manifest, the gap for diseased and healthy eyes and ``mae_healthy`` on the disease-free eyes.
 * :func:`plot_offsets`: the offset histogram and the per-age response distributions with ``T_a`` and
   ``M_a`` marked (stage 2).
 * :func:`plot_predictions`: predicted-vs-true scatter (dy = 0 / dy > 0) and the age-gap histograms.
@@ -46,10 +46,10 @@ def age_metrics(age: Any, pred: Any, dy: Any, disease: Any = None) -> dict[str, 
     if disease is not None:
         d = np.asarray(disease, np.float64)
         ok = np.isfinite(d)
-        out["gap_disease"] = _gap_stats(gap[ok & (d > 0)])
-        out["gap_healthy"] = _gap_stats(gap[ok & (d == 0)])
-        out["gap_disease_minus_healthy"] = out["gap_disease"]["mean"] - out["gap_healthy"]["mean"]
         h = ok & (d == 0)
+        out["gap_disease"] = _gap_stats(gap[ok & (d > 0)])
+        out["gap_healthy"] = _gap_stats(gap[h])
+        out["gap_disease_minus_healthy"] = out["gap_disease"]["mean"] - out["gap_healthy"]["mean"]
         if h.sum() >= 2:  # the eyes whose retinal age should equal their age
             out["mae_healthy"] = M.mae(age[h], pred[h])
     return out
