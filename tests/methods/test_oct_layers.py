@@ -280,13 +280,19 @@ def test_predictor_from_catalogue_whole_scan_any_width(tmp_path):
 
 def test_overlays_show_the_scans_with_the_most_labelled_structure():
     """Duke DME: most held-out B-scans have no fluid; the overlay must show those that do."""
-    from medray.methods.oct_layers import structure_score
+    from medray.methods.oct_layers import keep_most_structured, structure_score
 
     empty = np.zeros((8, 8), np.uint8)
     small_cyst, big_cyst = empty.copy(), empty.copy()
     small_cyst[2:4, 2:4] = 1
     big_cyst[1:6, 1:6] = 1
     scans = [empty, small_cyst, empty, big_cyst]
-    ranked = sorted(range(4), key=lambda i: (structure_score(scans[i], 2), -i), reverse=True)
-    assert ranked == [3, 1, 0, 2]  # fluid first (more fluid first), then the empty scans in their order
+    kept: list = []
+    for i, m in enumerate(scans):  # a stream, as evaluate_scans reads held-out scans
+        keep_most_structured(kept, 4, i, m, 2, i)
+    assert [x[2] for x in kept] == [3, 1, 0, 2]  # fluid first (more fluid first), then the empty scans in their order
+    kept = []
+    for i, m in enumerate(scans):
+        keep_most_structured(kept, 2, i, m, 2, i)
+    assert [x[2] for x in kept] == [3, 1]
     assert structure_score(empty, 2) == (1, 64) and structure_score(small_cyst, 2) == (2, 4)

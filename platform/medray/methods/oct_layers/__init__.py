@@ -387,6 +387,15 @@ def structure_score(mask: np.ndarray, n_classes: int) -> tuple[int, int]:
     return int((counts > 0).sum()), int(counts[counts > 0].min())
 
 
+def keep_most_structured(kept: list, k: int, index: int, mask: np.ndarray, n_classes: int, item: Any) -> None:
+    """Add ``item`` (row ``index`` of a stream, true ``mask``) to ``kept`` and keep only the ``k`` entries
+    with the most labelled structure (:func:`structure_score`; ties: the earlier row). Entries are
+    ``(score, -index, item)``, best first."""
+    kept.append((structure_score(mask, n_classes), -index, item))
+    kept.sort(key=lambda x: x[:2], reverse=True)
+    del kept[k:]
+
+
 def evaluate_scans(predictor, rows: list[dict[str, Any]], out_uri: str | None = None, s3: Any = None,
                    plot_scans: int = 3, title: str = "") -> dict[str, Any]:
     """Stitched whole-scan inference on ``rows`` (image, mask, axial_um): IoU/Dice per class and mean,
@@ -399,10 +408,10 @@ def evaluate_scans(predictor, rows: list[dict[str, Any]], out_uri: str | None = 
     classes = predictor.labels
     n = len(classes)
     cm = np.zeros((n, n), np.int64)
-    shown: list[Any] = []  # (score, order, (image, true, pred, true thickness, predicted thickness))
+    shown: list[Any] = []  # keep_most_structured's entries of (image, true, pred, true/predicted thickness)
     abs_err: dict[str, list[float]] = {}
     t0 = time.time()
-    for r in rows:
+    for i, r in enumerate(rows):
         img = imageio.read_image(r["image"], s3=s3, mode=predictor.mode)
         true = imageio.read_mask(r["mask"], s3=s3)
         res = predictor.predict([img], axial_um=r.get("axial_um"))[0]
@@ -417,9 +426,7 @@ def evaluate_scans(predictor, rows: list[dict[str, Any]], out_uri: str | None = 
         if plot_scans:
             # show the scans with the most labelled structure (e.g. Duke DME scans WITH fluid, not the
             # first ones, which may have none): distinct classes, then the rarest present class's pixels
-            shown.append((structure_score(true, n), len(shown), (img, true, pred, tt, res["thickness"])))
-            shown.sort(key=lambda x: (x[0], -x[1]), reverse=True)
-            del shown[plot_scans:]
+            keep_most_structured(shown, plot_scans, i, true, n, (img, true, pred, tt, res["thickness"]))
     report = {"scans": len(rows), "seconds": round(time.time() - t0, 2), "classes": classes,
               **seg_metrics(cm, classes, prefix="test_"),
               "thickness_mae": {k: float(np.mean(v)) for k, v in abs_err.items()},
