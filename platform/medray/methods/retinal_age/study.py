@@ -142,16 +142,21 @@ def run_pair(root: str, seed: int, n: int = STUDY["n"], epochs: int = STUDY["epo
             "shifted": _summary(shifted["evaluation"]), "baseline": _summary(base["evaluation"])}
 
 
+PAIRED = (("gap_disease", "diseased eyes: mean age gap", 1),
+          ("gap_disease_minus_healthy", "diseased - healthy age gap", 1),
+          ("mae_healthy", "healthy eyes: MAE", -1))
+"""The paired figures, shifted vs baseline: (summary key, title, +1 if the shift should raise it, -1 lower)."""
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per paired figure, ``diff_<key>``: the shifted - baseline differences' mean, sd, min, max and the
+    seeds where it rose (``wins``) or fell (``lower``)."""
     import numpy as np
 
-    d = np.array([r["shifted"]["gap_disease"] - r["baseline"]["gap_disease"] for r in rows])
-    dd = np.array([r["shifted"]["gap_disease_minus_healthy"] - r["baseline"]["gap_disease_minus_healthy"]
-                   for r in rows])
-    mh = np.array([r["shifted"].get("mae_healthy", np.nan) - r["baseline"].get("mae_healthy", np.nan) for r in rows])
     out = {"seeds": [r["seed"] for r in rows], "n_runs": len(rows)}
-    for key, v in (("diff_gap_disease", d), ("diff_gap_disease_minus_healthy", dd), ("diff_mae_healthy", mh)):
-        out[key] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+    for key, _, _ in PAIRED:
+        v = np.array([r["shifted"].get(key, np.nan) - r["baseline"].get(key, np.nan) for r in rows])
+        out[f"diff_{key}"] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
                     "min": float(v.min()), "max": float(v.max()), "wins": int((v > 0).sum()),
                     "lower": int((v < 0).sum())}
     return out
@@ -163,12 +168,10 @@ def plot_pairs(rows: list[dict[str, Any]], path: str) -> bytes:
     up for the gaps, down for the MAE): the paired comparison at a glance."""
     from medray.evaluation import plots
 
-    panels = (("gap_disease", "diseased eyes: mean age gap", 1), ("gap_disease_minus_healthy",
-              "diseased - healthy age gap", 1), ("mae_healthy", "healthy eyes: MAE", -1))
     fig = plots.new_figure((13.0, 4.2))
     with plots.style():
-        for k, (key, title, sign) in enumerate(panels):
-            ax = fig.add_subplot(1, 3, k + 1)
+        for k, (key, title, sign) in enumerate(PAIRED):
+            ax = fig.add_subplot(1, len(PAIRED), k + 1)
             for r in rows:
                 b, s = r["baseline"].get(key, float("nan")), r["shifted"].get(key, float("nan"))
                 up = (s - b) * sign > 0
@@ -224,15 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     summ = {"setup": key, **summarize(rows)}
     storage.write_text(str(out / "summary.json"), json.dumps(summ, indent=1))
-    d, dd = summ["diff_gap_disease"], summ["diff_gap_disease_minus_healthy"]
     print(f"\n{len(rows)} seeds ({key}):")
-    print(f"  diseased-eye gap, shifted - baseline: {d['mean']:+.2f} +- {d['std']:.2f} years "
-          f"(min {d['min']:+.2f}, max {d['max']:+.2f}; shifted larger in {d['wins']}/{len(rows)})")
-    print(f"  diseased - healthy gap, shifted - baseline: {dd['mean']:+.2f} +- {dd['std']:.2f} years "
-          f"(min {dd['min']:+.2f}; larger in {dd['wins']}/{len(rows)})")
-    mh = summ["diff_mae_healthy"]
-    print(f"  healthy-eye MAE, shifted - baseline: {mh['mean']:+.2f} +- {mh['std']:.2f} years "
-          f"(max {mh['max']:+.2f}; lower in {mh['lower']}/{len(rows)})")
+    for k, title, sign in PAIRED:
+        d = summ[f"diff_{k}"]
+        print(f"  {title}, shifted - baseline: {d['mean']:+.2f} +- {d['std']:.2f} years (min {d['min']:+.2f}, "
+              f"max {d['max']:+.2f}; {'larger' if sign > 0 else 'lower'} in "
+              f"{d['wins'] if sign > 0 else d['lower']}/{len(rows)})")
     plot_pairs(rows, str(out / "retinal_age_shift.png"))
     print(f"results: {res_path}\nplot:    {out / 'retinal_age_shift.png'}")
     return 0
