@@ -86,7 +86,13 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str, sync: bool) -> N
     sd = {k: v.tolist() for k, v in mt.model.state_dict().items()}
     with open(os.path.join(out_dir, f"rank{rank}_{sync}.json"), "w") as f:
         json.dump({"checksum": mt.checksum(), "state": sd}, f)
+    # gloo sends asynchronously: without a barrier rank 0 could tear its group down while rank 1 still
+    # receives the last sync_buffers broadcast. And gloo's threads can still abort the process in the
+    # interpreter's own teardown ("terminate called without an active exception", SIGABRT, ~1 run in 6
+    # here), after the result is written: leave without it.
+    dist.barrier()
     dist.destroy_process_group()
+    os._exit(0)
 
 
 @pytest.mark.parametrize("sync", [True, False])
@@ -94,14 +100,11 @@ def test_ema_is_identical_on_every_ddp_rank(tmp_path, sync):
     """Two real gloo processes, a BatchNorm network, different data per rank: with sync_buffers (what
     the training loop passes under DDP) the teachers are bit-identical; without it the BN running
     statistics drift apart (so the check has teeth)."""
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path), sync), nprocs=2, join=True)
+    from medray.netutil import free_port
+
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(tmp_path), sync), nprocs=2, join=True)
     a, b = (json.loads((tmp_path / f"rank{r}_{sync}.json").read_text()) for r in (0, 1))
     params = [k for k in a["state"] if "running" not in k and "num_batches" not in k]
     assert all(a["state"][k] == b["state"][k] for k in params)  # parameters: equal either way
